@@ -1,0 +1,26 @@
+import { trace } from "@opentelemetry/api";
+import pino, { type Logger } from "pino";
+
+export type { Logger } from "pino";
+
+/**
+ * Structured JSON logs on stdout, one object per line, with the service name and, inside a traced
+ * call, the trace and span ids so that logs of one request can be found across services.
+ */
+export function createLogger(options: { service: string; level: string; destination?: pino.DestinationStream }): Logger {
+  return pino(
+    {
+      level: options.level,
+      base: { service: options.service },
+      messageKey: "msg",
+      timestamp: pino.stdTimeFunctions.isoTime,
+      formatters: { level: (label) => ({ level: label }) },
+      mixin() {
+        const spanContext = trace.getActiveSpan()?.spanContext();
+        return spanContext ? { trace_id: spanContext.traceId, span_id: spanContext.spanId } : {};
+      },
+      redact: { paths: ["secret", "*.secret", "apiKey", "*.apiKey", "authorization", "*.authorization"], censor: "[redacted]" },
+    },
+    options.destination ?? pino.destination({ sync: true }),
+  );
+}

@@ -1,0 +1,34 @@
+import { isAbortError } from "abort-controller-x";
+import { ClientError, ServerError, Status, type ServerMiddleware } from "nice-grpc-common";
+import type { Logger } from "../logger";
+
+/**
+ * The one place where whatever a handler throws becomes a gRPC status:
+ * - a ServerError keeps its code and message;
+ * - a ClientError from a downstream service keeps its code, so that NOT_FOUND from the broker
+ *   reaches the caller as NOT_FOUND and not as UNKNOWN;
+ * - an abort becomes CANCELLED, or UNAVAILABLE when it came from this server shutting down;
+ * - anything else becomes INTERNAL with a log line carrying the stack (its message is not leaked).
+ */
+export function createErrorBoundaryMiddleware(options: { logger: Logger; shutdownSignal: AbortSignal }): ServerMiddleware {
+  const { logger, shutdownSignal } = options;
+  return async function* errorBoundary(call, context) {
+    try {
+      return yield* call.next(call.request, context);
+    } catch (error: unknown) {
+      throw toServerError(error, call.method.path);
+    }
+  };
+
+  function toServerError(error: unknown, method: string): ServerError {
+    if (error instanceof ServerError) return error;
+    if (error instanceof ClientError) return new ServerError(error.code, error.details);
+    if (isAbortError(error)) {
+      return shutdownSignal.aborted
+        ? new ServerError(Status.UNAVAILABLE, "the server is shutting down; retry on another instance")
+        : new ServerError(Status.CANCELLED, "the call was cancelled");
+    }
+    logger.error({ err: error, method }, "unhandled error in handler");
+    return new ServerError(Status.INTERNAL, "internal error; the server log has the details");
+  }
+}

@@ -1,0 +1,41 @@
+import { createHash, timingSafeEqual } from "node:crypto";
+import { Metadata, ServerError, Status, type ClientMiddleware, type ServerMiddleware } from "nice-grpc-common";
+
+/** The metadata key that carries the mesh's shared secret. */
+export const internalAuthHeader = "x-internal-auth";
+
+const healthMethodPrefix = "/grpc.health.v1.Health/";
+
+function digest(value: string): Buffer {
+  return createHash("sha256").update(value).digest();
+}
+
+/**
+ * Refuses every call that does not carry the shared secret, except health checks (probes carry no
+ * credentials). Both sides are hashed first so that the comparison takes the same time whatever
+ * the length or content of the offered value.
+ */
+export function createInternalAuthServerMiddleware(secret: string): ServerMiddleware {
+  const expected = digest(secret);
+  return async function* internalAuth(call, context) {
+    if (!call.method.path.startsWith(healthMethodPrefix)) {
+      const offered = context.metadata.get(internalAuthHeader);
+      if (typeof offered !== "string" || offered.length === 0) {
+        throw new ServerError(Status.UNAUTHENTICATED, `missing ${internalAuthHeader} metadata`);
+      }
+      if (!timingSafeEqual(digest(offered), expected)) {
+        throw new ServerError(Status.UNAUTHENTICATED, `invalid ${internalAuthHeader} metadata`);
+      }
+    }
+    return yield* call.next(call.request, context);
+  };
+}
+
+/** Sends the shared secret with every call. */
+export function createInternalAuthClientMiddleware(secret: string): ClientMiddleware {
+  return async function* internalAuth(call, options) {
+    const metadata = Metadata(options.metadata);
+    metadata.set(internalAuthHeader, secret);
+    return yield* call.next(call.request, { ...options, metadata });
+  };
+}

@@ -1,0 +1,11 @@
+/**
+ * The simulator's stand-in for a tokenizer: a token is a word with the whitespace before it, so
+ * that joining the tokens gives back the text exactly.
+ */
+export function splitIntoTokens(text: string): string[] {
+  return text.match(/\s*\S+/g) ?? [];
+}
+
+export function countTokens(text: string): number {
+  return splitIntoTokens(text).length;
+}
