@@ -6,3 +6,4 @@ export * from "./client";
 export * from "./service-host";
 export * from "./run-service";
 export { internalAuthHeader } from "./middleware/internal-auth";
+export * from "./bootstrap";

@@ -35,7 +35,10 @@ export interface SimulatorStats {
 }
 
 export const defaultSimulatorOptions: VllmSimulatorOptions = {
-  models: [{ id: "vlinders-sim-chat", maxModelLen: 32_768 }],
+  models: [
+    { id: "vlinders-sim-chat", maxModelLen: 32_768 },
+    { id: "vlinders-sim-embed", maxModelLen: 8_192 },
+  ],
   timeToFirstTokenMs: 40,
   interTokenLatencyMs: 10,
   embeddingDimensions: 64,

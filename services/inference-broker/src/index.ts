@@ -1,0 +1,2 @@
+export { createInferenceBroker } from "./inference-broker";
+export { brokerConfigSchema, type BrokerConfig } from "./config";

@@ -1,0 +1,155 @@
+import { ServerError, Status } from "nice-grpc-common";
+import type { WorkerEndpoint } from "../registry/model-registry";
+import { statusForWorkerErrorCode } from "./chat-chunk-translator";
+import { readServerSentEventData } from "./server-sent-events";
+
+export interface WorkerTimeouts {
+  /** From sending the request to the response headers. */
+  connectMs: number;
+  /** From the response headers to the first event of a stream (prefill can be long). */
+  firstEventMs: number;
+  /** Longest silence between two events of a stream. */
+  idleMs: number;
+}
+
+export const defaultWorkerTimeouts: WorkerTimeouts = { connectMs: 10_000, firstEventMs: 120_000, idleMs: 30_000 };
+
+/**
+ * Talks HTTP to one OpenAI-compatible worker. Every request is tied to the caller's signal, so that
+ * a cancelled gRPC call closes the HTTP connection and the worker stops generating; each wait has
+ * its own timeout on top, so a hung worker fails the call instead of stalling it.
+ */
+export class WorkerClient {
+  constructor(private readonly timeouts: WorkerTimeouts = defaultWorkerTimeouts) {}
+
+  async getJson(worker: WorkerEndpoint, path: string, signal: AbortSignal): Promise<unknown> {
+    const guard = new RequestGuard(worker, signal);
+    try {
+      guard.arm(this.timeouts.connectMs, "answer");
+      const response = await guard.run(fetch(`${worker.url}${path}`, { signal: guard.signal, headers: { accept: "application/json" } }));
+      if (!response.ok) throw await errorFromResponse(worker, response);
+      return await guard.run(response.json() as Promise<unknown>);
+    } finally {
+      guard.dispose();
+    }
+  }
+
+  async postJson(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal): Promise<unknown> {
+    const guard = new RequestGuard(worker, signal);
+    try {
+      // A non-streamed completion returns only when generation is done.
+      guard.arm(this.timeouts.firstEventMs, "answer");
+      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal)));
+      if (!response.ok) throw await errorFromResponse(worker, response);
+      return await guard.run(response.json() as Promise<unknown>);
+    } finally {
+      guard.dispose();
+    }
+  }
+
+  /** POSTs and yields the parsed data of each server-sent event until `[DONE]`. */
+  async *streamJson(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal): AsyncGenerator<unknown, void, undefined> {
+    const guard = new RequestGuard(worker, signal);
+    try {
+      guard.arm(this.timeouts.connectMs, "answer");
+      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal)));
+      if (!response.ok) throw await errorFromResponse(worker, response);
+      if (!response.body) throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} sent an empty response`);
+      guard.arm(this.timeouts.firstEventMs, "first token");
+      for await (const data of guard.iterate(readServerSentEventData(response.body))) {
+        if (data === "[DONE]") return;
+        guard.arm(this.timeouts.idleMs, "next token");
+        let parsed: unknown;
+        try {
+          parsed = JSON.parse(data);
+        } catch {
+          throw new ServerError(Status.INTERNAL, `worker ${worker.id} sent an event that is not JSON: ${data.slice(0, 120)}`);
+        }
+        yield parsed;
+      }
+      throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} closed the stream before [DONE]`);
+    } finally {
+      // Reached early when the consumer stops reading: aborting closes the connection to the worker.
+      guard.dispose();
+    }
+  }
+}
+
+function jsonRequest(body: unknown, signal: AbortSignal): RequestInit {
+  return {
+    method: "POST",
+    headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
+    body: JSON.stringify(body),
+    signal,
+  };
+}
+
+/**
+ * One upstream request's abort signal: the caller's signal plus a resettable timer. When the timer
+ * fires, the request is aborted and the waiting code gets UNAVAILABLE naming the worker and the wait.
+ */
+class RequestGuard {
+  private readonly controller = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private timeoutError: ServerError | undefined;
+  readonly signal: AbortSignal;
+
+  constructor(
+    private readonly worker: WorkerEndpoint,
+    callerSignal: AbortSignal,
+  ) {
+    this.signal = AbortSignal.any([callerSignal, this.controller.signal]);
+  }
+
+  arm(ms: number, waitingFor: string): void {
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timeoutError = new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} did not send the ${waitingFor} within ${ms} ms`);
+      this.controller.abort(this.timeoutError);
+    }, ms);
+  }
+
+  /** Awaits a step of the request, turning transport failures into gRPC statuses. */
+  async run<T>(step: Promise<T>): Promise<T> {
+    try {
+      return await step;
+    } catch (error: unknown) {
+      throw this.translate(error);
+    }
+  }
+
+  async *iterate<T>(source: AsyncIterable<T>): AsyncGenerator<T, void, undefined> {
+    const iterator = source[Symbol.asyncIterator]();
+    for (;;) {
+      const next = await this.run(iterator.next());
+      if (next.done) return;
+      yield next.value;
+    }
+  }
+
+  dispose(): void {
+    clearTimeout(this.timer);
+    this.controller.abort();
+  }
+
+  private translate(error: unknown): unknown {
+    if (this.timeoutError) return this.timeoutError;
+    if (error instanceof ServerError) return error;
+    // The caller's abort (cancel, deadline, shutdown) propagates as is: the error boundary maps it.
+    if (this.signal.aborted) return error;
+    const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : error instanceof Error ? error.message : String(error);
+    return new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} at ${this.worker.url} is unreachable: ${cause}`);
+  }
+}
+
+async function errorFromResponse(worker: WorkerEndpoint, response: Response): Promise<ServerError> {
+  let message = response.statusText;
+  try {
+    const text = await response.text();
+    const body = JSON.parse(text) as { error?: { message?: string } | string; message?: string };
+    message = typeof body.error === "string" ? body.error : (body.error?.message ?? body.message ?? text);
+  } catch {
+    // Not JSON: the status text says enough.
+  }
+  return new ServerError(statusForWorkerErrorCode(response.status), `worker ${worker.id} answered HTTP ${response.status}: ${message}`);
+}

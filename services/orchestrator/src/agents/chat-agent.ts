@@ -1,0 +1,87 @@
+import { validateMessages, validateSampling, validateTools } from "@vlinders/chat-validation";
+import {
+  AgentStatus,
+  FinishReason,
+  type AgentEvent,
+  type ChatMessage,
+  type InferenceServiceClient,
+  type RunAgentRequest,
+  type Usage,
+} from "@vlinders/proto";
+import { ServerError, Status } from "nice-grpc-common";
+
+export interface ChatAgentDependencies {
+  inference: InferenceServiceClient;
+}
+
+const stopReasons: Record<FinishReason, string> = {
+  [FinishReason.FINISH_REASON_UNSPECIFIED]: "completed",
+  [FinishReason.FINISH_REASON_STOP]: "completed",
+  [FinishReason.FINISH_REASON_LENGTH]: "max_tokens",
+  [FinishReason.FINISH_REASON_TOOL_CALLS]: "tool_calls",
+  [FinishReason.FINISH_REASON_ABORT]: "aborted_by_worker",
+  [FinishReason.FINISH_REASON_CONTENT_FILTER]: "content_filter",
+  [FinishReason.UNRECOGNIZED]: "completed",
+};
+
+/**
+ * The `chat` agent: one model call over the conversation, streamed back as it is generated. Tools
+ * named in the request belong to the caller: when the model calls them, the run ends with stop
+ * reason "tool_calls" and the caller executes them.
+ */
+export async function* runChatAgent(
+  request: RunAgentRequest,
+  runId: string,
+  deps: ChatAgentDependencies,
+  signal: AbortSignal,
+): AsyncGenerator<AgentEvent, void, undefined> {
+  validateMessages(request.history, "history");
+  validateTools(request.tools);
+  validateSampling(request.sampling);
+  const messages: ChatMessage[] = [...request.history];
+  if (request.instruction !== "") {
+    messages.push({ role: "user", content: request.instruction, toolCalls: [], toolCallId: "", name: "" });
+  }
+  if (messages.length === 0) {
+    throw new ServerError(Status.INVALID_ARGUMENT, "history: a chat needs at least one message in history or an instruction");
+  }
+
+  yield { runId, event: { $case: "runStarted", value: { agentType: "chat", model: request.model, parentRunId: "" } } };
+  let response = "";
+  let finishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
+  let usage: Usage | undefined;
+  const events = deps.inference.chat(
+    {
+      model: request.model,
+      messages,
+      tools: request.tools,
+      sampling: request.sampling,
+      userId: request.userId,
+      sessionId: request.sessionId,
+    },
+    { signal },
+  );
+  for await (const event of events) {
+    switch (event.event?.$case) {
+      case "contentDelta":
+        response += event.event.value;
+        break;
+      case "finishReason":
+        finishReason = event.event.value;
+        break;
+      case "usage":
+        usage = event.event.value;
+        break;
+      default:
+        break;
+    }
+    yield { runId, event: { $case: "modelEvent", value: event } };
+  }
+  yield {
+    runId,
+    event: {
+      $case: "runFinished",
+      value: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: stopReasons[finishReason], response, iterations: 1, usage },
+    },
+  };
+}

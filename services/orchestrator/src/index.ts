@@ -1,0 +1,2 @@
+export { createOrchestrator } from "./orchestrator";
+export { orchestratorConfigSchema, type OrchestratorConfig } from "./config";
