@@ -11,6 +11,7 @@ export interface ServiceRuntime {
   metricsRegistry: Registry;
   internalSecret: string;
   shutdownGraceMs: number;
+  shutdownDrainDelayMs: number;
 }
 
 /**
@@ -31,5 +32,6 @@ export function bootstrapService(service: string, config: CommonConfig): Service
     metricsRegistry: createMetricsRegistry(service),
     internalSecret: secret,
     shutdownGraceMs: config.SHUTDOWN_GRACE_MS,
+    shutdownDrainDelayMs: config.SHUTDOWN_DRAIN_DELAY_MS,
   };
 }

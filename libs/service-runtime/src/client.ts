@@ -46,10 +46,12 @@ export function createInternalClient<Definition extends CompatServiceDefinition>
   channel: Channel,
   options: InternalClientOptions,
 ): Client<Definition, DeadlineOptions> {
+  // A client factory's last middleware runs first: tracing wraps everything, the deadline is
+  // decided before the deadline middleware enforces it.
   return createClientFactory()
-    .use(openTelemetryClientMiddleware())
-    .use(createInternalAuthClientMiddleware(options.internalSecret))
-    .use(defaultDeadline(options.defaultDeadlineMs))
     .use(deadlineMiddleware)
+    .use(defaultDeadline(options.defaultDeadlineMs))
+    .use(createInternalAuthClientMiddleware(options.internalSecret))
+    .use(openTelemetryClientMiddleware())
     .create(definition, channel);
 }

@@ -50,6 +50,11 @@ export const commonConfigShape = {
   METRICS_PORT: portVariable(0),
   /** How long in-flight calls may run on after shutdown begins before they are aborted. */
   SHUTDOWN_GRACE_MS: millisecondsVariable(10_000),
+  /**
+   * How long a stopping server reports NOT_SERVING while still taking calls, so that load
+   * balancers and Kubernetes endpoints stop sending traffic before it refuses any.
+   */
+  SHUTDOWN_DRAIN_DELAY_MS: z.coerce.number().int().min(0).default(0),
 };
 
 export const commonConfigSchema = z.object(commonConfigShape);

@@ -18,6 +18,8 @@ export interface ServiceHostOptions {
   internalSecret: string;
   /** How long in-flight calls may run on after shutdown begins before they are aborted. */
   shutdownGraceMs: number;
+  /** How long to report NOT_SERVING while still accepting calls before refusing new ones. */
+  shutdownDrainDelayMs?: number;
 }
 
 export interface ListenOptions {
@@ -108,6 +110,10 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
         const activeServer = requireServer();
         healthState.setStatus("unhealthy");
         for (const name of exposedServices) healthState.setStatus("unhealthy", name);
+        if (options.shutdownDrainDelayMs) {
+          logger.info({ delay_ms: options.shutdownDrainDelayMs }, "reporting NOT_SERVING before refusing calls");
+          await new Promise((resolve) => setTimeout(resolve, options.shutdownDrainDelayMs));
+        }
         drainingController.abort();
         logger.info({ grace_ms: options.shutdownGraceMs }, "draining in-flight calls");
         const graceTimer = setTimeout(() => {
