@@ -5,6 +5,9 @@ export class ConfigError extends Error {
   override name = "ConfigError";
 }
 
+/** Variables whose values are never echoed in error messages. */
+const secretVariableName = /(^|_)(SECRET|PASSWORD|TOKEN|KEY)$/;
+
 /**
  * Reads and validates a service's configuration from environment variables, failing fast with a
  * message that names every offending variable. Keys of the schema are the variable names.
@@ -19,8 +22,12 @@ export function loadConfig<Shape extends z.ZodRawShape>(
   if (!result.success) {
     const problems = result.error.issues.map((issue) => {
       const variable = issue.path.join(".") || "(environment)";
-      const value = typeof issue.path[0] === "string" ? present[issue.path[0]] : undefined;
-      return `${variable}: ${issue.message}${value === undefined ? "" : ` (got ${JSON.stringify(value)})`}`;
+      const name = issue.path[0];
+      const value = typeof name === "string" ? present[name] : undefined;
+      // Config errors end up in logs: a rejected secret (a short real one, a typo of one) must not.
+      const hidden = typeof name === "string" && secretVariableName.test(name);
+      const shown = value === undefined ? "" : hidden ? " (value hidden)" : ` (got ${JSON.stringify(value)})`;
+      return `${variable}: ${issue.message}${shown}`;
     });
     throw new ConfigError(`invalid configuration: ${problems.join("; ")}`);
   }

@@ -7,3 +7,4 @@ export * from "./service-host";
 export * from "./run-service";
 export { internalAuthHeader } from "./middleware/internal-auth";
 export * from "./bootstrap";
+export * from "./in-process-runtime";

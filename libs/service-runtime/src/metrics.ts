@@ -18,34 +18,40 @@ export interface GrpcServerMetrics {
   handlingSeconds: Histogram<"grpc_service" | "grpc_method" | "grpc_type" | "grpc_code">;
 }
 
+/** Returns the metric of that name already in the registry, or registers the one `create` makes. */
+function reuseOrRegister<T>(registry: Registry, name: string, create: () => T): T {
+  return (registry.getSingleMetric(name) as T | undefined) ?? create();
+}
+
+/** Servers sharing a registry (several services in one process) share these metrics. */
 export function createGrpcServerMetrics(registry: Registry): GrpcServerMetrics {
   const labelNames = ["grpc_service", "grpc_method", "grpc_type"] as const;
   return {
-    started: new Counter({
+    started: reuseOrRegister(registry, "grpc_server_started_total", () => new Counter({
       name: "grpc_server_started_total",
       help: "RPCs started on the server.",
       labelNames,
       registers: [registry],
-    }),
-    handled: new Counter({
+    })),
+    handled: reuseOrRegister(registry, "grpc_server_handled_total", () => new Counter({
       name: "grpc_server_handled_total",
       help: "RPCs completed on the server, by status code.",
       labelNames: [...labelNames, "grpc_code"],
       registers: [registry],
-    }),
-    streamMessagesSent: new Counter({
+    })),
+    streamMessagesSent: reuseOrRegister(registry, "grpc_server_msg_sent_total", () => new Counter({
       name: "grpc_server_msg_sent_total",
       help: "Stream messages sent by the server.",
       labelNames: ["grpc_service", "grpc_method"],
       registers: [registry],
-    }),
-    handlingSeconds: new Histogram({
+    })),
+    handlingSeconds: reuseOrRegister(registry, "grpc_server_handling_seconds", () => new Histogram({
       name: "grpc_server_handling_seconds",
       help: "Time from the start of an RPC to its status, in seconds.",
       labelNames: [...labelNames, "grpc_code"],
       buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120],
       registers: [registry],
-    }),
+    })),
   };
 }
 

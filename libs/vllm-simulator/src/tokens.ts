@@ -3,7 +3,8 @@
  * that joining the tokens gives back the text exactly.
  */
 export function splitIntoTokens(text: string): string[] {
-  return text.match(/\s*\S+/g) ?? [];
+  // Whitespace after the last word belongs to the last token; without it the echo lost a final "\n".
+  return text.match(/\s*\S+\s*$|\s*\S+/g) ?? [];
 }
 
 export function countTokens(text: string): number {

@@ -43,7 +43,12 @@ export function parseModelsConfig(text: string, source: string): ModelCatalog {
     throw new ModelsConfigError(`${source}: ${problems.join("; ")}`);
   }
   const file = result.data;
-  const workers = new Map(file.workers.map((worker) => [worker.id, worker]));
+  // A repeated id would silently replace the earlier worker and take its capacity out of rotation.
+  const workers = new Map<string, (typeof file.workers)[number]>();
+  file.workers.forEach((worker, index) => {
+    if (workers.has(worker.id)) throw new ModelsConfigError(`${source}: workers.${index}.id: the id "${worker.id}" is used twice`);
+    workers.set(worker.id, worker);
+  });
   const names = new Set<string>();
   const models = file.models.map((model, index) => {
     for (const name of [model.id, ...model.aliases]) {

@@ -41,7 +41,8 @@ const finishReasons: Record<string, FinishReason> = {
 };
 
 export function toFinishReason(reason: string | null | undefined): FinishReason {
-  if (!reason) return FinishReason.FINISH_REASON_UNSPECIFIED;
+  // hasOwn: a worker's "toString" or "constructor" must not find Object.prototype's members.
+  if (!reason || !Object.hasOwn(finishReasons, reason)) return FinishReason.FINISH_REASON_UNSPECIFIED;
   return finishReasons[reason] ?? FinishReason.FINISH_REASON_UNSPECIFIED;
 }
 
@@ -139,7 +140,9 @@ export class ChatChunkTranslator {
   private streamError(chunk: ChatCompletionChunk): ServerError {
     const error = chunk.error;
     const message = typeof error === "string" ? error : (error?.message ?? chunk.message ?? "unknown error");
-    const code = typeof error === "object" && error !== null ? Number(error.code) : NaN;
+    // Number(null) and Number("") are 0, not NaN: only a real number or numeric string is a code.
+    const rawCode = typeof error === "object" && error !== null ? error.code : undefined;
+    const code = typeof rawCode === "number" || (typeof rawCode === "string" && rawCode.trim() !== "") ? Number(rawCode) : NaN;
     // A failure after tokens were streamed is not retryable as such: the text would repeat.
     const status = Number.isFinite(code) && code < 500 ? statusForWorkerErrorCode(code) : Status.INTERNAL;
     return new ServerError(status, `worker ${this.workerId} failed mid-stream: ${message}`);

@@ -1,0 +1,266 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { FinishReason, InferenceServiceDefinition, type ChatEvent, type ChatRequest } from "@vlinders/proto";
+import { createInProcessRuntime, loadConfig, type ServiceHost } from "@vlinders/service-runtime";
+import { VllmSimulator } from "@vlinders/vllm-simulator";
+import { createChannel, createClientFactory, Metadata, Status, type Channel, type Client } from "nice-grpc";
+import { deadlineMiddleware, type DeadlineOptions } from "nice-grpc-client-middleware-deadline";
+import { brokerConfigSchema } from "./config";
+import { createInferenceBroker } from "./inference-broker";
+
+const runtime = createInProcessRuntime("inference-broker");
+const metadata = Metadata({ "x-internal-auth": runtime.internalSecret });
+
+const userSays = (content: string, extra: Partial<ChatRequest> = {}): ChatRequest => ({
+  model: "",
+  messages: [{ role: "user", content, toolCalls: [], toolCallId: "", name: "" }],
+  tools: [],
+  sampling: undefined,
+  userId: "",
+  sessionId: "",
+  ...extra,
+});
+
+interface Collected {
+  events: ChatEvent[];
+  text: string;
+  error?: { code: Status; details: string };
+}
+
+async function collect(stream: AsyncIterable<ChatEvent>): Promise<Collected> {
+  const events: ChatEvent[] = [];
+  try {
+    for await (const event of stream) events.push(event);
+  } catch (error: unknown) {
+    return { events, text: textOf(events), error: error as { code: Status; details: string } };
+  }
+  return { events, text: textOf(events) };
+}
+
+function textOf(events: ChatEvent[]): string {
+  return events.map((event) => (event.event?.$case === "contentDelta" ? event.event.value : "")).join("");
+}
+
+/** A port on which nothing listens. */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+function nextDisconnect(simulator: VllmSimulator, timeoutMs: number): Promise<"disconnected" | "timeout"> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      unsubscribe();
+      resolve("timeout");
+    }, timeoutMs);
+    const unsubscribe = simulator.onDisconnect(() => {
+      clearTimeout(timer);
+      unsubscribe();
+      resolve("disconnected");
+    });
+  });
+}
+
+async function startBroker(
+  env: NodeJS.ProcessEnv,
+): Promise<{ host: ServiceHost; channel: Channel; client: Client<typeof InferenceServiceDefinition, DeadlineOptions> }> {
+  const host = await createInferenceBroker(loadConfig(brokerConfigSchema, env), runtime);
+  const { grpcPort } = await host.listen({ host: "127.0.0.1", grpcPort: 0 });
+  const channel = createChannel(`127.0.0.1:${grpcPort}`);
+  return { host, channel, client: createClientFactory().use(deadlineMiddleware).create(InferenceServiceDefinition, channel, { "*": { metadata } }) };
+}
+
+describe("inference-broker against the vLLM simulator", () => {
+  const simulator = new VllmSimulator({ timeToFirstTokenMs: 5, interTokenLatencyMs: 2 });
+  let broker: Awaited<ReturnType<typeof startBroker>>;
+
+  beforeAll(async () => {
+    const { url } = await simulator.listen(0);
+    broker = await startBroker({ VLLM_URLS: url, WORKER_IDLE_TIMEOUT_MS: "400" });
+  });
+
+  afterAll(async () => {
+    broker.channel.close();
+    await broker.host.shutdown();
+    await simulator.close();
+  });
+
+  afterEach(() => {
+    simulator.injectFaults({});
+    simulator.configure({ timeToFirstTokenMs: 5, interTokenLatencyMs: 2 });
+  });
+
+  it("streams the echo in several content events, then the finish reason, then usage", async () => {
+    const result = await collect(broker.client.chat(userSays("the quick brown fox jumps")));
+    expect(result.error).toBeUndefined();
+    expect(result.text).toBe("the quick brown fox jumps");
+    const kinds = result.events.map((event) => event.event?.$case);
+    expect(kinds).toEqual(["contentDelta", "contentDelta", "contentDelta", "contentDelta", "contentDelta", "finishReason", "usage"]);
+    expect(result.events.at(-2)?.event).toEqual({ $case: "finishReason", value: FinishReason.FINISH_REASON_STOP });
+    expect(result.events.at(-1)?.event).toEqual({
+      $case: "usage",
+      value: { promptTokens: 5, completionTokens: 5, totalTokens: 10, cachedPromptTokens: 0 },
+    });
+    expect(new Set(result.events.map((event) => event.model))).toEqual(new Set(["vlinders-sim-chat"]));
+  });
+
+  it("reports LENGTH when max_tokens cuts the answer", async () => {
+    const result = await collect(broker.client.chat(userSays("one two three four", { sampling: { maxTokens: 2, stop: [] } })));
+    expect(result.text).toBe("one two");
+    expect(result.events.find((event) => event.event?.$case === "finishReason")?.event).toEqual({
+      $case: "finishReason",
+      value: FinishReason.FINISH_REASON_LENGTH,
+    });
+  });
+
+  it("streams a tool call as deltas whose arguments join into the JSON the model wrote", async () => {
+    const tools = [{ name: "get_weather", description: "Weather for a city", parametersJsonSchema: '{"type":"object"}' }];
+    const result = await collect(broker.client.chat(userSays('call get_weather {"city": "Paris", "unit": "celsius"}', { tools })));
+    const deltas = result.events.flatMap((event) => (event.event?.$case === "toolCallDelta" ? [event.event.value] : []));
+    expect(deltas.length).toBeGreaterThan(2);
+    expect(deltas[0]).toMatchObject({ index: 0, name: "get_weather", id: expect.stringMatching(/^chatcmpl-tool-/) });
+    expect(deltas.slice(1).every((delta) => delta.id === "" && delta.name === "")).toBe(true);
+    expect(JSON.parse(deltas.map((delta) => delta.argumentsJsonDelta).join(""))).toEqual({ city: "Paris", unit: "celsius" });
+    expect(result.events.find((event) => event.event?.$case === "finishReason")?.event).toEqual({
+      $case: "finishReason",
+      value: FinishReason.FINISH_REASON_TOOL_CALLS,
+    });
+  });
+
+  it("answers NOT_FOUND naming an unknown model, and INVALID_ARGUMENT naming a bad field", async () => {
+    const unknown = await collect(broker.client.chat(userSays("hi", { model: "gpt-17" })));
+    expect(unknown.error).toMatchObject({ code: Status.NOT_FOUND, details: expect.stringContaining('"gpt-17"') });
+    const empty = await collect(broker.client.chat({ ...userSays("hi"), messages: [] }));
+    expect(empty.error).toMatchObject({ code: Status.INVALID_ARGUMENT, details: "messages: must not be empty" });
+  });
+
+  it("ends the stream with INTERNAL when the worker reports an error mid-stream, after the text it sent", async () => {
+    simulator.injectFaults({ midStreamErrorAfterTokens: 2 });
+    const result = await collect(broker.client.chat(userSays("alpha beta gamma delta")));
+    expect(result.text).toBe("alpha beta");
+    expect(result.error).toMatchObject({ code: Status.INTERNAL, details: expect.stringContaining("failed mid-stream") });
+  });
+
+  it("answers UNAVAILABLE when the worker fails with HTTP 503 before streaming", async () => {
+    simulator.injectFaults({ httpErrorStatus: 503 });
+    const result = await collect(broker.client.chat(userSays("hello")));
+    expect(result.events).toEqual([]);
+    expect(result.error).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringContaining("HTTP 503") });
+  });
+
+  it("aborts the worker's HTTP request when the client cancels", async () => {
+    simulator.configure({ interTokenLatencyMs: 50 });
+    const disconnected = nextDisconnect(simulator, 5_000);
+    const controller = new AbortController();
+    const seen: string[] = [];
+    const stream = broker.client.chat(userSays("one two three four five six seven eight nine ten"), { signal: controller.signal });
+    const consumed = (async () => {
+      for await (const event of stream) {
+        if (event.event?.$case === "contentDelta") seen.push(event.event.value);
+        if (seen.length === 2) controller.abort();
+      }
+    })().catch((error: unknown) => error);
+    expect(await disconnected).toBe("disconnected");
+    expect(await consumed).toMatchObject({ name: "AbortError" });
+    expect(seen).toHaveLength(2);
+  });
+
+  it("answers DEADLINE_EXCEEDED and frees the worker when the deadline passes before the first token", async () => {
+    simulator.configure({ timeToFirstTokenMs: 2_000 });
+    const disconnected = nextDisconnect(simulator, 5_000);
+    const result = await collect(broker.client.chat(userSays("too slow"), { deadline: new Date(Date.now() + 150) }));
+    expect(result.error).toMatchObject({ code: Status.DEADLINE_EXCEEDED });
+    expect(await disconnected).toBe("disconnected");
+  });
+
+  it("fails a stream whose worker goes silent, instead of hanging", async () => {
+    simulator.configure({ interTokenLatencyMs: 5_000 });
+    const result = await collect(broker.client.chat(userSays("first then silence")));
+    expect(result.text).toBe("first");
+    expect(result.error).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringContaining("within 400 ms") });
+  });
+
+  it("completes without streaming, embeds, and lists the discovered models", async () => {
+    const response = await broker.client.complete(userSays("all at once"));
+    expect(response).toMatchObject({
+      model: "vlinders-sim-chat",
+      message: { role: "assistant", content: "all at once" },
+      finishReason: FinishReason.FINISH_REASON_STOP,
+      usage: { completionTokens: 3 },
+    });
+    const embedded = await broker.client.embed({ model: "vlinders-sim-embed", inputs: ["a", "b", "a"], userId: "" });
+    expect(embedded.embeddings).toHaveLength(3);
+    expect(embedded.embeddings[0]?.values).toHaveLength(64);
+    expect(embedded.embeddings[0]?.values).toEqual(embedded.embeddings[2]?.values);
+    expect(embedded.embeddings[0]?.values).not.toEqual(embedded.embeddings[1]?.values);
+    await expect(broker.client.embed({ model: "", inputs: [], userId: "" })).rejects.toMatchObject({
+      code: Status.INVALID_ARGUMENT,
+      details: "inputs: must not be empty",
+    });
+    const { models } = await broker.client.listModels({});
+    expect(models.map((model) => model.id).sort()).toEqual(["vlinders-sim-chat", "vlinders-sim-embed"]);
+    expect(models[0]).toMatchObject({ workerCount: 1, maxContextTokens: expect.any(Number) });
+  });
+});
+
+describe("inference-broker with a models file", () => {
+  let directory: string;
+
+  beforeAll(async () => {
+    directory = await mkdtemp(join(tmpdir(), "vlinders-models-"));
+  });
+
+  afterAll(async () => {
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it("answers UNAVAILABLE naming the worker when it cannot be reached", async () => {
+    const path = join(directory, "unreachable.yaml");
+    const port = await closedPort();
+    await writeFile(
+      path,
+      `workers:\n  - id: gpu-down\n    url: http://127.0.0.1:${port}\nmodels:\n  - id: coder\n    workers: [gpu-down]\n`,
+    );
+    const broker = await startBroker({ MODELS_CONFIG: path });
+    try {
+      const result = await collect(broker.client.chat(userSays("anyone there?", { model: "coder" })));
+      expect(result.error).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringContaining("gpu-down") });
+    } finally {
+      broker.channel.close();
+      await broker.host.shutdown();
+    }
+  });
+
+  it("resolves aliases and the default model from the file", async () => {
+    const simulator = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1 });
+    const { url } = await simulator.listen(0);
+    const path = join(directory, "aliases.yaml");
+    await writeFile(
+      path,
+      [
+        "default_model: vlinders-sim-chat",
+        "workers:",
+        `  - id: sim\n    url: ${url}`,
+        "models:",
+        "  - id: vlinders-sim-chat\n    aliases: [coder]\n    workers: [sim]",
+      ].join("\n"),
+    );
+    const broker = await startBroker({ MODELS_CONFIG: path });
+    try {
+      const byAlias = await collect(broker.client.chat(userSays("via alias", { model: "coder" })));
+      expect(byAlias).toMatchObject({ text: "via alias" });
+      expect(byAlias.events[0]?.model).toBe("vlinders-sim-chat");
+      const byDefault = await collect(broker.client.chat(userSays("via default")));
+      expect(byDefault.text).toBe("via default");
+    } finally {
+      broker.channel.close();
+      await broker.host.shutdown();
+      await simulator.close();
+    }
+  });
+});
