@@ -1,0 +1,106 @@
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { startMesh, type Mesh } from "@vlinders/mesh-launcher";
+import { InferenceServiceDefinition } from "@vlinders/proto";
+import { createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
+import { HealthDefinition } from "nice-grpc-server-health";
+import { readChat, userSays } from "../support/chat";
+import { fileDescriptorsContaining, listServices } from "../support/reflection-client";
+
+const rootDir = join(__dirname, "../..");
+const secret = "e2e-secret-0123456789abcdef";
+
+/**
+ * The mesh as a user runs it: simulator, inference-broker, orchestrator and gateway as separate
+ * processes from the build (npm test builds first), and clients that only know the gateway.
+ */
+describe("the mesh as separate processes", () => {
+  let mesh: Mesh;
+  let channel: Channel;
+  const output: string[] = [];
+
+  beforeAll(async () => {
+    if (!existsSync(join(rootDir, "services/gateway/dist/main.js"))) {
+      throw new Error("the services are not built: run `npm test` (it builds first) or `pnpm exec tsc -b`");
+    }
+    mesh = await startMesh({
+      rootDir,
+      grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0 },
+      metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0 },
+      workers: { kind: "simulator", port: 0, timeToFirstTokenMs: 20, interTokenLatencyMs: 5 },
+      env: { ...process.env, INTERNAL_SECRET: secret, LOG_LEVEL: "info", VLINDERS_ENV: "test" },
+      onLine: (name, line) => output.push(`[${name}] ${line}`),
+    });
+    channel = createChannel(mesh.gatewayAddress);
+  }, 60_000);
+
+  afterAll(async () => {
+    channel?.close();
+    await mesh?.stop();
+  }, 30_000);
+
+  it("streams a Chat back as an echo in several messages", async () => {
+    const client = createClient(InferenceServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const outcome = await readChat(client.chat(userSays("butterflies carry tokens across the mesh")));
+    expect(outcome.error).toBeUndefined();
+    expect(outcome.text).toBe("butterflies carry tokens across the mesh");
+    expect(outcome.contentMessages).toBe(6);
+  });
+
+  it("lets a generic client discover the services by reflection and see Chat as server-streaming", async () => {
+    expect(await listServices(mesh.gatewayAddress, secret)).toEqual(["grpc.health.v1.Health", "vlinders.v1.InferenceService"]);
+    const files = await fileDescriptorsContaining(mesh.gatewayAddress, secret, "vlinders.v1.InferenceService");
+    const service = files.flatMap((file) => file.service).find((candidate) => candidate.name === "InferenceService");
+    const chat = service?.method.find((method) => method.name === "Chat");
+    expect(chat).toMatchObject({ inputType: ".vlinders.v1.ChatRequest", outputType: ".vlinders.v1.ChatEvent", serverStreaming: true });
+    expect(chat?.clientStreaming).toBeFalsy();
+    // The request type is in the same answer (or its dependencies), so a client can build one.
+    expect(files.flatMap((file) => file.messageType.map((message) => message.name))).toContain("ChatRequest");
+  });
+
+  it("refuses reflection without the secret, but answers health checks", async () => {
+    await expect(listServices(mesh.gatewayAddress, "wrong-secret-0123456789")).rejects.toMatchObject({ code: Status.UNAUTHENTICATED });
+    await expect(createClient(HealthDefinition, channel).check({ service: "" })).resolves.toEqual({ status: 1 });
+  });
+
+  it("answers UNAUTHENTICATED, INVALID_ARGUMENT and NOT_FOUND to the three classic mistakes", async () => {
+    const anonymous = createClient(InferenceServiceDefinition, channel);
+    expect((await readChat(anonymous.chat(userSays("hi")))).error?.code).toBe(Status.UNAUTHENTICATED);
+    const client = createClient(InferenceServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    expect((await readChat(client.chat({ ...userSays("hi"), messages: [] }))).error).toEqual({
+      code: Status.INVALID_ARGUMENT,
+      details: "messages: must not be empty",
+    });
+    expect((await readChat(client.chat(userSays("hi", { model: "no-such-model" })))).error?.code).toBe(Status.NOT_FOUND);
+  });
+
+  it("serves Prometheus metrics from each service", async () => {
+    const gateway = mesh.processes.find((process) => process.name === "gateway");
+    const response = await fetch(`http://127.0.0.1:${String(gateway?.listening.metrics_port)}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    const body = await response.text();
+    expect(response.status).toBe(200);
+    expect(body).toMatch(/grpc_server_handled_total\{[^}]*grpc_method="Chat"[^}]*grpc_code="OK"[^}]*\} [1-9]/);
+    const simulator = await fetch(`${mesh.simulatorUrl ?? ""}/metrics`, { signal: AbortSignal.timeout(5_000) });
+    expect(await simulator.text()).toContain("vllm:num_requests_running");
+  });
+
+  it("logs structured JSON lines carrying one trace id across the services of a call", () => {
+    const finished = output
+      .map((line) => /^\[([\w-]+)\] (\{.*\})$/.exec(line))
+      .flatMap((match) => (match?.[1] && match[2] ? [{ service: match[1], record: JSON.parse(match[2]) as Record<string, unknown> }] : []))
+      .filter(({ record }) => record.msg === "rpc finished" && typeof record.method === "string" && record.method.endsWith("/Chat"));
+    const traceOfFirstGatewayChat = finished.find(({ service }) => service === "gateway")?.record.trace_id;
+    expect(typeof traceOfFirstGatewayChat).toBe("string");
+    const services = new Set(finished.filter(({ record }) => record.trace_id === traceOfFirstGatewayChat).map(({ service }) => service));
+    expect(services).toEqual(new Set(["gateway", "inference-broker"]));
+  });
+
+  it("stops every process cleanly on SIGTERM", async () => {
+    const exits = mesh.processes.map(
+      (process) => new Promise<number | null>((resolve) => process.child.once("exit", (code) => resolve(code))),
+    );
+    channel.close();
+    await mesh.stop();
+    expect(await Promise.all(exits)).toEqual([0, 0, 0, 0]);
+  });
+});

@@ -1,0 +1,201 @@
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
+import { AgentServiceDefinition, FinishReason, InferenceServiceDefinition } from "@vlinders/proto";
+import { initTracing } from "@vlinders/service-runtime";
+import { createChannel, createClientFactory, Metadata, Status, type Channel } from "nice-grpc";
+import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
+import { readChat, userSays } from "./support/chat";
+import { meshSecret, nextDisconnect, startInProcessMesh, type InProcessMesh } from "./support/in-process-mesh";
+
+// Installed before any server or client exists, so that every hop is traced.
+const spans = new InMemorySpanExporter();
+initTracing({ service: "mesh-test", exporter: spans });
+
+const metadata = Metadata({ "x-internal-auth": meshSecret });
+const clients = createClientFactory().use(deadlineMiddleware);
+
+describe("a Chat through gateway, orchestrator and inference-broker to a vLLM worker", () => {
+  let mesh: InProcessMesh;
+  let channel: Channel;
+  const gateway = () => clients.create(InferenceServiceDefinition, channel, { "*": { metadata } });
+
+  beforeAll(async () => {
+    mesh = await startInProcessMesh();
+    channel = createChannel(mesh.gatewayAddress);
+  });
+
+  afterAll(async () => {
+    channel.close();
+    await mesh.stop();
+  });
+
+  afterEach(() => {
+    mesh.simulator.configure({ timeToFirstTokenMs: 5, interTokenLatencyMs: 2 });
+    mesh.simulator.injectFaults({});
+  });
+
+  it("relays the worker's tokens as they are generated, in several messages", async () => {
+    mesh.simulator.configure({ interTokenLatencyMs: 30 });
+    const arrivals: number[] = [];
+    const events = [];
+    for await (const event of gateway().chat(userSays("hello from the other side of the mesh"))) {
+      arrivals.push(performance.now());
+      events.push(event);
+    }
+    const text = events.map((event) => (event.event?.$case === "contentDelta" ? event.event.value : "")).join("");
+    expect(text).toBe("hello from the other side of the mesh");
+    expect(events.filter((event) => event.event?.$case === "contentDelta")).toHaveLength(8);
+    expect(events.at(-2)?.event).toEqual({ $case: "finishReason", value: FinishReason.FINISH_REASON_STOP });
+    expect(events.at(-1)?.event).toMatchObject({ $case: "usage", value: { completionTokens: 8 } });
+    // Streamed, not buffered: the first token arrives well before the last (7 gaps of 30 ms).
+    expect((arrivals.at(-1) ?? 0) - (arrivals[0] ?? 0)).toBeGreaterThan(150);
+  });
+
+  it("gives the caller the broker's NOT_FOUND for an unknown model, through two hops", async () => {
+    const outcome = await readChat(gateway().chat(userSays("hi", { model: "no-such-model" })));
+    expect(outcome.error).toEqual({ code: Status.NOT_FOUND, details: expect.stringContaining('model: "no-such-model" is not served here') });
+  });
+
+  it("refuses bad input at the door with INVALID_ARGUMENT naming the field", async () => {
+    const badRole = await readChat(gateway().chat({ ...userSays("hi"), messages: [{ role: "wizard", content: "x", toolCalls: [], toolCallId: "", name: "" }] }));
+    expect(badRole.error).toEqual({ code: Status.INVALID_ARGUMENT, details: expect.stringContaining("messages[0].role") });
+    const noMessages = await readChat(gateway().chat({ ...userSays("hi"), messages: [] }));
+    expect(noMessages.error).toEqual({ code: Status.INVALID_ARGUMENT, details: "messages: must not be empty" });
+    const badSchema = await readChat(gateway().chat(userSays("hi", { tools: [{ name: "f", description: "", parametersJsonSchema: "{oops" }] })));
+    expect(badSchema.error).toEqual({ code: Status.INVALID_ARGUMENT, details: "tools[0].parameters_json_schema: is not valid JSON" });
+  });
+
+  it("refuses a call without the shared secret", async () => {
+    const anonymous = clients.create(InferenceServiceDefinition, channel);
+    const outcome = await readChat(anonymous.chat(userSays("hi")));
+    expect(outcome.error).toEqual({ code: Status.UNAUTHENTICATED, details: "missing x-internal-auth metadata" });
+  });
+
+  it("cancels the worker's generation when the caller cancels at the gateway", async () => {
+    mesh.simulator.configure({ interTokenLatencyMs: 50 });
+    const disconnected = nextDisconnect(mesh.simulator, 5_000);
+    const controller = new AbortController();
+    let received = 0;
+    const reading = (async () => {
+      for await (const event of gateway().chat(userSays("a b c d e f g h i j k l m n o p"), { signal: controller.signal })) {
+        if (event.event?.$case === "contentDelta" && ++received === 2) controller.abort();
+      }
+    })().catch((error: unknown) => error);
+    expect(await disconnected).toBe("disconnected");
+    expect(await reading).toMatchObject({ name: "AbortError" });
+    expect(mesh.simulator.stats.activeStreams).toBe(0);
+  });
+
+  it("answers DEADLINE_EXCEEDED when the caller's deadline passes, and the worker is freed", async () => {
+    mesh.simulator.configure({ timeToFirstTokenMs: 3_000 });
+    const disconnected = nextDisconnect(mesh.simulator, 5_000);
+    const outcome = await readChat(gateway().chat(userSays("slow"), { deadline: new Date(Date.now() + 200) }));
+    expect(outcome.error?.code).toBe(Status.DEADLINE_EXCEEDED);
+    expect(await disconnected).toBe("disconnected");
+  });
+
+  it("ends the caller's stream with the worker's mid-stream failure, keeping the text already sent", async () => {
+    mesh.simulator.injectFaults({ midStreamErrorAfterTokens: 3 });
+    const outcome = await readChat(gateway().chat(userSays("one two three four five")));
+    expect(outcome.text).toBe("one two three");
+    expect(outcome.error).toEqual({ code: Status.INTERNAL, details: expect.stringContaining("failed mid-stream") });
+  });
+
+  it("answers Complete, Embed and ListModels through the gateway", async () => {
+    await expect(gateway().complete(userSays("whole answer"))).resolves.toMatchObject({ message: { content: "whole answer" } });
+    const embedded = await gateway().embed({ model: "vlinders-sim-embed", inputs: ["x"], userId: "" });
+    expect(embedded.embeddings[0]?.values).toHaveLength(64);
+    const { models } = await gateway().listModels({});
+    expect(models.map((model) => model.id)).toContain("vlinders-sim-chat");
+  });
+
+  it("carries one trace across the three services", async () => {
+    spans.reset();
+    await readChat(gateway().chat(userSays("traced")));
+    const finished = spans.getFinishedSpans();
+    const chatSpans = finished.filter((span) => span.name.endsWith("/Chat") || span.name.includes("StreamAgent"));
+    const traceIds = new Set(chatSpans.map((span) => span.spanContext().traceId));
+    // Server and client spans of gateway, orchestrator and broker: at least five, one trace.
+    expect(chatSpans.length).toBeGreaterThanOrEqual(5);
+    expect(traceIds.size).toBe(1);
+  });
+});
+
+describe("the orchestrator's AgentService", () => {
+  let mesh: InProcessMesh;
+  let channel: Channel;
+
+  beforeAll(async () => {
+    mesh = await startInProcessMesh();
+    channel = createChannel(mesh.orchestratorAddress);
+  });
+
+  afterAll(async () => {
+    channel.close();
+    await mesh.stop();
+  });
+
+  const request = (agentType: string, instruction: string) => ({
+    agentType,
+    instruction,
+    workspaceId: "",
+    model: "",
+    history: [],
+    tools: [],
+    sampling: undefined,
+    userId: "",
+    sessionId: "",
+    overrides: undefined,
+  });
+
+  it("runs the chat agent: run started, the model's events, run finished with the answer", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    const events = [];
+    for await (const event of agents.streamAgent(request("chat", "say this back"))) events.push(event);
+    expect(events[0]?.event?.$case).toBe("runStarted");
+    expect(events.at(-1)?.event).toMatchObject({ $case: "runFinished", value: { stopReason: "completed", response: "say this back", iterations: 1 } });
+    expect(new Set(events.map((event) => event.runId)).size).toBe(1);
+  });
+
+  it("answers UNIMPLEMENTED for what later issues build, and INVALID_ARGUMENT for unknown agent types", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    const drain = async (agentType: string) => {
+      for await (const _event of agents.streamAgent(request(agentType, "x"))) {
+        // Reading to the end or to the error.
+      }
+    };
+    await expect(drain("plan")).rejects.toMatchObject({ code: Status.UNIMPLEMENTED });
+    await expect(drain("wizard")).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringContaining("agent_type") });
+    await expect(agents.runAgent(request("chat", "x"))).rejects.toMatchObject({ code: Status.UNIMPLEMENTED });
+    await expect(agents.getAgent({ runId: "x" })).rejects.toMatchObject({ code: Status.UNIMPLEMENTED });
+  });
+});
+
+describe("a worker that cannot be reached", () => {
+  let directory: string;
+  let mesh: InProcessMesh;
+  let channel: Channel;
+
+  beforeAll(async () => {
+    directory = await mkdtemp(join(tmpdir(), "vlinders-mesh-"));
+    const modelsPath = join(directory, "models.yaml");
+    // Port 9 (discard) on loopback: nothing listens there.
+    await writeFile(modelsPath, "workers:\n  - id: gpu-gone\n    url: http://127.0.0.1:9\nmodels:\n  - id: coder\n    workers: [gpu-gone]\n");
+    mesh = await startInProcessMesh({ brokerEnv: { VLLM_URLS: "", MODELS_CONFIG: modelsPath } });
+    channel = createChannel(mesh.gatewayAddress);
+  });
+
+  afterAll(async () => {
+    channel.close();
+    await mesh.stop();
+    await rm(directory, { recursive: true, force: true });
+  });
+
+  it("gives the caller UNAVAILABLE naming the worker", async () => {
+    const gateway = clients.create(InferenceServiceDefinition, channel, { "*": { metadata } });
+    const outcome = await readChat(gateway.chat(userSays("hello?", { model: "coder" })));
+    expect(outcome.error).toEqual({ code: Status.UNAVAILABLE, details: expect.stringContaining("worker gpu-gone") });
+  });
+});

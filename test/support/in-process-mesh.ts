@@ -1,0 +1,77 @@
+import { brokerConfigSchema, createInferenceBroker } from "@vlinders/inference-broker";
+import { createGateway, gatewayConfigSchema } from "@vlinders/gateway";
+import { createOrchestrator, orchestratorConfigSchema } from "@vlinders/orchestrator";
+import { createInProcessRuntime, loadConfig, type ServiceHost } from "@vlinders/service-runtime";
+import { VllmSimulator, type VllmSimulatorOptions } from "@vlinders/vllm-simulator";
+
+export const meshSecret = "in-process-mesh-secret-0123";
+
+export interface InProcessMesh {
+  simulator: VllmSimulator;
+  gatewayAddress: string;
+  orchestratorAddress: string;
+  brokerAddress: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * The whole request path in one process, each service on its own real gRPC server on port 0:
+ * simulator <- inference-broker <- orchestrator <- gateway.
+ */
+export async function startInProcessMesh(
+  options: { simulator?: Partial<VllmSimulatorOptions>; brokerEnv?: NodeJS.ProcessEnv } = {},
+): Promise<InProcessMesh> {
+  const simulator = new VllmSimulator({ timeToFirstTokenMs: 5, interTokenLatencyMs: 2, ...options.simulator });
+  const hosts: ServiceHost[] = [];
+  const listen = async (host: ServiceHost) => {
+    hosts.push(host);
+    const { grpcPort } = await host.listen({ host: "127.0.0.1", grpcPort: 0 });
+    return `127.0.0.1:${grpcPort}`;
+  };
+  const common = { INTERNAL_SECRET: meshSecret };
+  try {
+    const { url } = await simulator.listen(0);
+    const brokerAddress = await listen(
+      await createInferenceBroker(
+        loadConfig(brokerConfigSchema, { ...common, VLLM_URLS: url, ...options.brokerEnv }),
+        createInProcessRuntime("inference-broker", { internalSecret: meshSecret }),
+      ),
+    );
+    const orchestratorAddress = await listen(
+      createOrchestrator(
+        loadConfig(orchestratorConfigSchema, { ...common, INFERENCE_BROKER_ADDRESS: brokerAddress }),
+        createInProcessRuntime("orchestrator", { internalSecret: meshSecret }),
+      ),
+    );
+    const gatewayAddress = await listen(
+      createGateway(
+        loadConfig(gatewayConfigSchema, { ...common, ORCHESTRATOR_ADDRESS: orchestratorAddress, INFERENCE_BROKER_ADDRESS: brokerAddress }),
+        createInProcessRuntime("gateway", { internalSecret: meshSecret }),
+      ),
+    );
+    const stop = async () => {
+      for (const host of [...hosts].reverse()) await host.shutdown();
+      await simulator.close();
+    };
+    return { simulator, gatewayAddress, orchestratorAddress, brokerAddress, stop };
+  } catch (error: unknown) {
+    for (const host of [...hosts].reverse()) await host.shutdown();
+    await simulator.close();
+    throw error;
+  }
+}
+
+/** Resolves when the simulator next sees a client hang up mid-stream, or reports a timeout. */
+export function nextDisconnect(simulator: VllmSimulator, timeoutMs: number): Promise<"disconnected" | "timeout"> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => {
+      unsubscribe();
+      resolve("timeout");
+    }, timeoutMs);
+    const unsubscribe = simulator.onDisconnect(() => {
+      clearTimeout(timer);
+      unsubscribe();
+      resolve("disconnected");
+    });
+  });
+}
