@@ -49,6 +49,7 @@ if (command === "start") {
   launcher.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
 } else {
   step("type-check the tests (tsc -p tsconfig.spec.json)", pnpm, [...pnpmPrefix, "exec", "tsc", "-p", "tsconfig.spec.json"]);
+  step("lint (eslint)", pnpm, [...pnpmPrefix, "exec", "eslint", "."]);
   const reportDir = join(rootDir, ".vlinders");
   mkdirSync(reportDir, { recursive: true });
   const reportPath = join(reportDir, "jest-report.json");

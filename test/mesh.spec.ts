@@ -7,7 +7,7 @@ import { initTracing } from "@vlinders/service-runtime";
 import { createChannel, createClientFactory, Metadata, Status, type Channel } from "nice-grpc";
 import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
 import { readChat, userSays } from "./support/chat";
-import { meshSecret, nextDisconnect, startInProcessMesh, type InProcessMesh } from "./support/in-process-mesh";
+import { meshSecret, startInProcessMesh, type InProcessMesh } from "./support/in-process-mesh";
 
 // Installed before any server or client exists, so that every hop is traced.
 const spans = new InMemorySpanExporter();
@@ -75,7 +75,7 @@ describe("a Chat through gateway, orchestrator and inference-broker to a vLLM wo
 
   it("cancels the worker's generation when the caller cancels at the gateway", async () => {
     mesh.simulator.configure({ interTokenLatencyMs: 50 });
-    const disconnected = nextDisconnect(mesh.simulator, 5_000);
+    const disconnected = mesh.simulator.nextDisconnect(5_000);
     const controller = new AbortController();
     let received = 0;
     const reading = (async () => {
@@ -90,7 +90,7 @@ describe("a Chat through gateway, orchestrator and inference-broker to a vLLM wo
 
   it("answers DEADLINE_EXCEEDED when the caller's deadline passes, and the worker is freed", async () => {
     mesh.simulator.configure({ timeToFirstTokenMs: 3_000 });
-    const disconnected = nextDisconnect(mesh.simulator, 5_000);
+    const disconnected = mesh.simulator.nextDisconnect(5_000);
     const outcome = await readChat(gateway().chat(userSays("slow"), { deadline: new Date(Date.now() + 200) }));
     expect(outcome.error?.code).toBe(Status.DEADLINE_EXCEEDED);
     expect(await disconnected).toBe("disconnected");

@@ -61,17 +61,3 @@ export async function startInProcessMesh(
   }
 }
 
-/** Resolves when the simulator next sees a client hang up mid-stream, or reports a timeout. */
-export function nextDisconnect(simulator: VllmSimulator, timeoutMs: number): Promise<"disconnected" | "timeout"> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      unsubscribe();
-      resolve("timeout");
-    }, timeoutMs);
-    const unsubscribe = simulator.onDisconnect(() => {
-      clearTimeout(timer);
-      unsubscribe();
-      resolve("disconnected");
-    });
-  });
-}

@@ -147,6 +147,21 @@ export class VllmSimulator {
     return () => this.disconnectListeners.delete(listener);
   }
 
+  /** Resolves when a client next hangs up mid-stream, or with "timeout" if none does in time. */
+  nextDisconnect(timeoutMs: number): Promise<"disconnected" | "timeout"> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        unsubscribe();
+        resolve("timeout");
+      }, timeoutMs);
+      const unsubscribe = this.onDisconnect(() => {
+        clearTimeout(timer);
+        unsubscribe();
+        resolve("disconnected");
+      });
+    });
+  }
+
   async listen(port = 0, host = "127.0.0.1"): Promise<{ url: string; port: number }> {
     const server = createServer((request, response) => {
       this.route(request, response).catch((error: unknown) => {

@@ -52,19 +52,6 @@ async function closedPort(): Promise<number> {
   return port;
 }
 
-function nextDisconnect(simulator: VllmSimulator, timeoutMs: number): Promise<"disconnected" | "timeout"> {
-  return new Promise((resolve) => {
-    const timer = setTimeout(() => {
-      unsubscribe();
-      resolve("timeout");
-    }, timeoutMs);
-    const unsubscribe = simulator.onDisconnect(() => {
-      clearTimeout(timer);
-      unsubscribe();
-      resolve("disconnected");
-    });
-  });
-}
 
 async function startBroker(
   env: NodeJS.ProcessEnv,
@@ -155,7 +142,7 @@ describe("inference-broker against the vLLM simulator", () => {
 
   it("aborts the worker's HTTP request when the client cancels", async () => {
     simulator.configure({ interTokenLatencyMs: 50 });
-    const disconnected = nextDisconnect(simulator, 5_000);
+    const disconnected = simulator.nextDisconnect(5_000);
     const controller = new AbortController();
     const seen: string[] = [];
     const stream = broker.client.chat(userSays("one two three four five six seven eight nine ten"), { signal: controller.signal });
@@ -172,7 +159,7 @@ describe("inference-broker against the vLLM simulator", () => {
 
   it("answers DEADLINE_EXCEEDED and frees the worker when the deadline passes before the first token", async () => {
     simulator.configure({ timeToFirstTokenMs: 2_000 });
-    const disconnected = nextDisconnect(simulator, 5_000);
+    const disconnected = simulator.nextDisconnect(5_000);
     const result = await collect(broker.client.chat(userSays("too slow"), { deadline: new Date(Date.now() + 150) }));
     expect(result.error).toMatchObject({ code: Status.DEADLINE_EXCEEDED });
     expect(await disconnected).toBe("disconnected");
