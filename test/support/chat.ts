@@ -9,6 +9,7 @@ export function userSays(content: string, extra: Partial<ChatRequest> = {}): Cha
     sampling: undefined,
     userId: "",
     sessionId: "",
+    bypassCache: false,
     ...extra,
   };
 }

@@ -46,6 +46,30 @@ export {
   type AgentServiceImplementation,
   type AgentServiceClient,
 } from "./gen/vlinders/v1/agent";
+export {
+  GetPoolStatusRequest,
+  WorkerHealth,
+  WorkerStatus,
+  PoolStatus,
+  AddWorkerRequest,
+  DrainWorkerRequest,
+  RemoveWorkerRequest,
+  RemoveWorkerResponse,
+  ReloadModelsRequest,
+  ReloadModelsResponse,
+  StoreProviderKeyRequest,
+  ProviderKeyInfo,
+  DeleteProviderKeyRequest,
+  DeleteProviderKeyResponse,
+  ListProviderKeysRequest,
+  ListProviderKeysResponse,
+  GetUsageRequest,
+  UsageRow,
+  UsageReport,
+  InferenceAdminServiceDefinition,
+  type InferenceAdminServiceImplementation,
+  type InferenceAdminServiceClient,
+} from "./gen/vlinders/v1/inference_admin";
 export { fileDescriptorSet } from "./gen/file-descriptor-set";
 
 /** Fully qualified names of the public services, as reflection and grpcurl list them. */
@@ -53,4 +77,5 @@ export const serviceNames = {
   inference: "vlinders.v1.InferenceService",
   agent: "vlinders.v1.AgentService",
   tool: "vlinders.v1.ToolService",
+  inferenceAdmin: "vlinders.v1.InferenceAdminService",
 } as const;

@@ -20,6 +20,7 @@ const userSays = (content: string, extra: Partial<ChatRequest> = {}): ChatReques
   sampling: undefined,
   userId: "",
   sessionId: "",
+  bypassCache: false,
   ...extra,
 });
 

@@ -126,6 +126,11 @@ export interface ChatRequest {
   userId: string;
   /** Groups the calls of one conversation (routing affinity, context). */
   sessionId: string;
+  /**
+   * Skip the response cache for this request (it is neither read nor written). Only deterministic
+   * requests (temperature 0 or a fixed seed) are ever cached.
+   */
+  bypassCache: boolean;
 }
 
 export interface Usage {
@@ -667,7 +672,7 @@ export const SamplingParams: MessageFns<SamplingParams> = {
 };
 
 function createBaseChatRequest(): ChatRequest {
-  return { model: "", messages: [], tools: [], sampling: undefined, userId: "", sessionId: "" };
+  return { model: "", messages: [], tools: [], sampling: undefined, userId: "", sessionId: "", bypassCache: false };
 }
 
 export const ChatRequest: MessageFns<ChatRequest> = {
@@ -689,6 +694,9 @@ export const ChatRequest: MessageFns<ChatRequest> = {
     }
     if (message.sessionId !== "") {
       writer.uint32(50).string(message.sessionId);
+    }
+    if (message.bypassCache !== false) {
+      writer.uint32(56).bool(message.bypassCache);
     }
     return writer;
   },
@@ -754,6 +762,14 @@ export const ChatRequest: MessageFns<ChatRequest> = {
             message.sessionId = reader.string();
             continue;
           }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.bypassCache = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -784,6 +800,11 @@ export const ChatRequest: MessageFns<ChatRequest> = {
         : isSet(object.session_id)
         ? globalThis.String(object.session_id)
         : "",
+      bypassCache: isSet(object.bypassCache)
+        ? globalThis.Boolean(object.bypassCache)
+        : isSet(object.bypass_cache)
+        ? globalThis.Boolean(object.bypass_cache)
+        : false,
     };
   },
 
@@ -807,6 +828,9 @@ export const ChatRequest: MessageFns<ChatRequest> = {
     if (message.sessionId !== "") {
       obj.sessionId = message.sessionId;
     }
+    if (message.bypassCache !== false) {
+      obj.bypassCache = message.bypassCache;
+    }
     return obj;
   },
 
@@ -823,6 +847,7 @@ export const ChatRequest: MessageFns<ChatRequest> = {
       : undefined;
     message.userId = object.userId ?? "";
     message.sessionId = object.sessionId ?? "";
+    message.bypassCache = object.bypassCache ?? false;
     return message;
   },
 };
