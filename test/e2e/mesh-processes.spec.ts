@@ -58,6 +58,12 @@ describe("the mesh as separate processes", () => {
     expect(files.flatMap((file) => file.messageType.map((message) => message.name))).toContain("ChatRequest");
   });
 
+  it("describes the health service too, so a generic client can call it", async () => {
+    const files = await fileDescriptorsContaining(mesh.gatewayAddress, secret, "grpc.health.v1.Health");
+    const health = files.flatMap((file) => file.service).find((service) => service.name === "Health");
+    expect(health?.method.map((method) => method.name)).toEqual(["Check", "Watch"]);
+  });
+
   it("refuses reflection without the secret, but answers health checks", async () => {
     await expect(listServices(mesh.gatewayAddress, "wrong-secret-0123456789")).rejects.toMatchObject({ code: Status.UNAUTHENTICATED });
     await expect(createClient(HealthDefinition, channel).check({ service: "" })).resolves.toEqual({ status: 1 });

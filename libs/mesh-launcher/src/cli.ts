@@ -34,6 +34,8 @@ async function main(): Promise<void> {
   const colour = process.stdout.isTTY === true && !process.env.NO_COLOR;
   const gatewayPort = portFromEnv("GATEWAY_PORT", 50051);
   const { GRPC_PORT: _grpcPort, METRICS_PORT: _metricsPort, ...inheritedEnv } = process.env;
+  // A laptop's mesh is for this machine: listen on loopback unless told otherwise (GRPC_HOST).
+  inheritedEnv.GRPC_HOST ??= "127.0.0.1";
   const mesh = await startMesh({
     rootDir,
     grpcPorts: {
@@ -49,15 +51,16 @@ async function main(): Promise<void> {
     },
   });
 
-  const secret = process.env.INTERNAL_SECRET || developmentInternalSecret;
+  // Never print a real secret: the terminal may be shared or recorded.
+  const secret = process.env.INTERNAL_SECRET ? "$INTERNAL_SECRET" : developmentInternalSecret;
   process.stdout.write(
     [
       "",
       `Vlinders mesh is up. The gateway listens on localhost:${gatewayPort} (metrics: http://localhost:9091/metrics).`,
       mesh.simulatorUrl ? `Workers: the vLLM simulator at ${mesh.simulatorUrl} (set VLLM_URLS for real vLLM workers).` : "",
       "Try:",
-      `  grpcurl -plaintext -H 'x-internal-auth: ${secret}' localhost:${gatewayPort} list`,
-      `  grpcurl -plaintext -H 'x-internal-auth: ${secret}' -d '{"messages":[{"role":"user","content":"hello from the mesh"}]}' localhost:${gatewayPort} vlinders.v1.InferenceService/Chat`,
+      `  grpcurl -plaintext -H "x-internal-auth: ${secret}" localhost:${gatewayPort} list`,
+      `  grpcurl -plaintext -H "x-internal-auth: ${secret}" -d '{"messages":[{"role":"user","content":"hello from the mesh"}]}' localhost:${gatewayPort} vlinders.v1.InferenceService/Chat`,
       "Ctrl-C stops every service.",
       "",
     ]
@@ -80,6 +83,8 @@ async function main(): Promise<void> {
   };
   process.on("SIGINT", () => stop(0));
   process.on("SIGTERM", () => stop(0));
+  // A closed terminal sends SIGHUP: the services must not outlive it.
+  process.on("SIGHUP", () => stop(0));
   for (const child of mesh.processes) {
     child.child.once("exit", (code) => {
       if (stopping) return;

@@ -33,6 +33,9 @@ export function createInternalChannel(address: string): Channel {
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
+    // Spread calls over every address the name resolves to (all pods behind a headless Service),
+    // instead of grpc-js's default of pinning one connection.
+    "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
   });
 }
 

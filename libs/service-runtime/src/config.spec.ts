@@ -75,7 +75,7 @@ describe("loadConfig", () => {
     );
     expect(error.message).toContain("LOG_LEVEL: ");
     expect(error.message).toContain('(got "verbose")');
-    expect(error.message).toContain('INFERENCE_ADDRESS: must be host:port (got "http://broker:50052")');
+    expect(error.message).toContain('INFERENCE_ADDRESS: must be host:port, [ipv6]:port or dns:///host:port (got "http://broker:50052")');
     expect(error.message).toContain("SHUTDOWN_GRACE_MS: ");
     expect(error.message.split("; ")).toHaveLength(3);
   });

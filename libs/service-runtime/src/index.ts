@@ -8,3 +8,4 @@ export * from "./run-service";
 export { internalAuthHeader } from "./middleware/internal-auth";
 export * from "./bootstrap";
 export * from "./in-process-runtime";
+export { linkSignals } from "./linked-signal";

@@ -1,3 +1,4 @@
+import { ConfigError } from "./config";
 import type { Logger } from "./logger";
 import type { ListenOptions, ServiceHost } from "./service-host";
 
@@ -38,7 +39,7 @@ export function runMain(main: () => Promise<void>): void {
     process.exit(1);
   });
   main().catch((error: unknown) => {
-    const isConfigError = error instanceof Error && error.name === "ConfigError";
+    const isConfigError = error instanceof ConfigError;
     process.stderr.write(`fatal: ${error instanceof Error ? (isConfigError ? error.message : (error.stack ?? error.message)) : String(error)}\n`);
     process.exit(isConfigError ? 78 : 1);
   });

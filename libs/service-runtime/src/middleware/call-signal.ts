@@ -1,4 +1,5 @@
 import type { ServerMiddleware } from "nice-grpc-common";
+import { linkSignals } from "../linked-signal";
 
 /**
  * Gives each call one AbortSignal that fires on whichever comes first: the client cancels, the
@@ -7,7 +8,11 @@ import type { ServerMiddleware } from "nice-grpc-common";
  */
 export function createCallSignalMiddleware(serverSignal: AbortSignal): ServerMiddleware {
   return async function* callSignal(call, context) {
-    const signal = AbortSignal.any([context.signal, serverSignal]);
-    return yield* call.next(call.request, { ...context, signal });
+    const linked = linkSignals(context.signal, serverSignal);
+    try {
+      return yield* call.next(call.request, { ...context, signal: linked.signal });
+    } finally {
+      linked.dispose();
+    }
   };
 }

@@ -6,7 +6,8 @@ import type { Logger } from "../logger";
  * The one place where whatever a handler throws becomes a gRPC status:
  * - a ServerError keeps its code and message;
  * - a ClientError from a downstream service keeps its code, so that NOT_FOUND from the broker
- *   reaches the caller as NOT_FOUND and not as UNKNOWN;
+ *   reaches the caller as NOT_FOUND and not as UNKNOWN; except that a downstream refusal of this
+ *   service's own credentials is this mesh's fault, not the caller's: INTERNAL, logged;
  * - an abort becomes CANCELLED, or UNAVAILABLE when it came from this server shutting down;
  * - anything else becomes INTERNAL with a log line carrying the stack (its message is not leaked).
  */
@@ -22,7 +23,13 @@ export function createErrorBoundaryMiddleware(options: { logger: Logger; shutdow
 
   function toServerError(error: unknown, method: string): ServerError {
     if (error instanceof ServerError) return error;
-    if (error instanceof ClientError) return new ServerError(error.code, error.details);
+    if (error instanceof ClientError) {
+      if (error.code === Status.UNAUTHENTICATED || error.code === Status.PERMISSION_DENIED) {
+        logger.error({ downstream: error.path, code: Status[error.code], details: error.details, method }, "a downstream service refused this service's credentials");
+        return new ServerError(Status.INTERNAL, "internal error: services of the mesh disagree on credentials; the server log has the details");
+      }
+      return new ServerError(error.code, error.details);
+    }
     if (isAbortError(error)) {
       return shutdownSignal.aborted
         ? new ServerError(Status.UNAVAILABLE, "the server is shutting down; retry on another instance")
