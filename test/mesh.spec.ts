@@ -2,7 +2,8 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
-import { AgentServiceDefinition, FinishReason, InferenceServiceDefinition } from "@vlinders/proto";
+import * as grpc from "@grpc/grpc-js";
+import { AgentServiceDefinition, ChatEvent, ChatRequest, FinishReason, InferenceServiceDefinition } from "@vlinders/proto";
 import { initTracing } from "@vlinders/service-runtime";
 import { createChannel, createClientFactory, Metadata, Status, type Channel } from "nice-grpc";
 import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
@@ -94,6 +95,34 @@ describe("a Chat through gateway, orchestrator and inference-broker to a vLLM wo
     const outcome = await readChat(gateway().chat(userSays("slow"), { deadline: new Date(Date.now() + 200) }));
     expect(outcome.error?.code).toBe(Status.DEADLINE_EXCEEDED);
     expect(await disconnected).toBe("disconnected");
+  });
+
+  it("honours a real gRPC deadline (grpc-timeout) sent by the caller: DEADLINE_EXCEEDED, and the worker is freed", async () => {
+    mesh.simulator.configure({ timeToFirstTokenMs: 3_000 });
+    const disconnected = mesh.simulator.nextDisconnect(5_000);
+    // A plain grpc-js client, as Vlinders-API or grpcurl: the deadline travels as grpc-timeout.
+    const raw = new grpc.Client(mesh.gatewayAddress, grpc.credentials.createInsecure());
+    const rawMetadata = new grpc.Metadata();
+    rawMetadata.set("x-internal-auth", meshSecret);
+    try {
+      const call = raw.makeServerStreamRequest(
+        "/vlinders.v1.InferenceService/Chat",
+        (request: ChatRequest) => Buffer.from(ChatRequest.encode(request).finish()),
+        (bytes: Buffer) => ChatEvent.decode(bytes),
+        userSays("slow to start"),
+        rawMetadata,
+        { deadline: Date.now() + 250 },
+      );
+      const status = await new Promise<grpc.StatusObject>((resolve) => {
+        call.on("data", () => {});
+        call.on("error", () => {});
+        call.on("status", resolve);
+      });
+      expect(status.code).toBe(grpc.status.DEADLINE_EXCEEDED);
+      expect(await disconnected).toBe("disconnected");
+    } finally {
+      raw.close();
+    }
   });
 
   it("ends the caller's stream with the worker's mid-stream failure, keeping the text already sent", async () => {

@@ -29,14 +29,15 @@ export async function startInProcessMesh(
     return `127.0.0.1:${grpcPort}`;
   };
   const common = { INTERNAL_SECRET: meshSecret };
+  // The machine's PostgreSQL: the embedded PGlite would add seconds to every broker start.
+  const database = { DATABASE_URL: process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test" };
   try {
     const { url } = await simulator.listen(0);
-    const brokerAddress = await listen(
-      await createInferenceBroker(
-        loadConfig(brokerConfigSchema, { ...common, VLLM_URLS: url, ...options.brokerEnv }),
-        createInProcessRuntime("inference-broker", { internalSecret: meshSecret }),
-      ),
+    const broker = await createInferenceBroker(
+      loadConfig(brokerConfigSchema, { ...common, ...database, VLLM_URLS: url, ...options.brokerEnv }),
+      createInProcessRuntime("inference-broker", { internalSecret: meshSecret }),
     );
+    const brokerAddress = await listen(broker.host);
     const orchestratorAddress = await listen(
       createOrchestrator(
         loadConfig(orchestratorConfigSchema, { ...common, INFERENCE_BROKER_ADDRESS: brokerAddress }),

@@ -1,2 +1,2 @@
-export { createInferenceBroker } from "./inference-broker";
+export { createInferenceBroker, type InferenceBroker } from "./inference-broker";
 export { brokerConfigSchema, type BrokerConfig } from "./config";

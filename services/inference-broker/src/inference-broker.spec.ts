@@ -10,8 +10,8 @@ import { deadlineMiddleware, type DeadlineOptions } from "nice-grpc-client-middl
 import { brokerConfigSchema } from "./config";
 import { createInferenceBroker } from "./inference-broker";
 
-const runtime = createInProcessRuntime("inference-broker");
-const metadata = Metadata({ "x-internal-auth": runtime.internalSecret });
+const internalSecret = "broker-spec-secret-0123456789";
+const metadata = Metadata({ "x-internal-auth": internalSecret });
 
 const userSays = (content: string, extra: Partial<ChatRequest> = {}): ChatRequest => ({
   model: "",
@@ -57,7 +57,10 @@ async function closedPort(): Promise<number> {
 async function startBroker(
   env: NodeJS.ProcessEnv,
 ): Promise<{ host: ServiceHost; channel: Channel; client: Client<typeof InferenceServiceDefinition, DeadlineOptions> }> {
-  const host = await createInferenceBroker(loadConfig(brokerConfigSchema, env), runtime);
+  // The machine's PostgreSQL: the embedded PGlite would add seconds to every broker start.
+  const database = { DATABASE_URL: process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test" };
+  const runtime = createInProcessRuntime("inference-broker", { internalSecret });
+  const { host } = await createInferenceBroker(loadConfig(brokerConfigSchema, { ...database, ...env }), runtime);
   const { grpcPort } = await host.listen({ host: "127.0.0.1", grpcPort: 0 });
   const channel = createChannel(`127.0.0.1:${grpcPort}`);
   return { host, channel, client: createClientFactory().use(deadlineMiddleware).create(InferenceServiceDefinition, channel, { "*": { metadata } }) };
@@ -69,7 +72,8 @@ describe("inference-broker against the vLLM simulator", () => {
 
   beforeAll(async () => {
     const { url } = await simulator.listen(0);
-    broker = await startBroker({ VLLM_URLS: url, WORKER_IDLE_TIMEOUT_MS: "400" });
+    // Faults are injected on purpose here: they must not eject the only worker (ejection has its own tests).
+    broker = await startBroker({ VLLM_URLS: url, WORKER_IDLE_TIMEOUT_MS: "400", EJECT_AFTER_FAILURES: "1000" });
   });
 
   afterAll(async () => {

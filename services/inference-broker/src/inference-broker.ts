@@ -1,52 +1,133 @@
-import { InferenceServiceDefinition } from "@vlinders/proto";
+import { openDatabase, runMigrations } from "@vlinders/database";
+import { InferenceAdminServiceDefinition, InferenceServiceDefinition, WorkerHealth } from "@vlinders/proto";
 import { createServiceHost, type ServiceHost, type ServiceRuntime } from "@vlinders/service-runtime";
+import { createInferenceAdminService } from "./admin-service";
+import { createBrokerMetrics } from "./broker-metrics";
+import { createInProcessResponseCache, createRedisResponseCache } from "./cache/response-cache";
 import type { BrokerConfig } from "./config";
+import { ChatDispatcher } from "./dispatch/chat-dispatcher";
+import { RetryBudget } from "./dispatch/retry-budget";
 import { createInferenceService } from "./inference-service";
+import { startHealthProber } from "./pool/health-prober";
+import { WorkerPool } from "./pool/worker-pool";
+import { createKeyVault, parseMasterKey } from "./providers/key-vault";
+import { brokerMigrations } from "./providers/migrations";
+import { createUsageRecorder } from "./providers/usage-recorder";
+import { createInProcessQuotaLimiter, createRedisQuotaLimiter } from "./quotas/quota-limiter";
+import { createRedisConnection } from "./redis-connection";
 import { discoverModels, parseWorkerUrls } from "./registry/discovery";
-import { ModelRegistry } from "./registry/model-registry";
+import { ModelRegistry, type ModelCatalog } from "./registry/model-registry";
 import { loadModelsConfig } from "./registry/models-config";
-import { createRoundRobinPicker } from "./routing/round-robin";
+import { WorkerRouter } from "./routing/worker-router";
 import { WorkerClient } from "./upstream/worker-client";
 
+/** The composed broker: its host, and the reload that SIGHUP and the admin RPC trigger. */
+export interface InferenceBroker {
+  host: ServiceHost;
+  reload(signal: AbortSignal): Promise<{ models: string[]; added: string[]; removed: string[] }>;
+}
+
 /**
- * Composes the inference-broker: the model registry (from VLLM_URLS discovery or the models
- * file), the worker client and the InferenceService, on a service host ready to listen.
+ * Composes the inference-broker: the worker pool (from VLLM_URLS discovery or the models file)
+ * with health probes, the router, the response cache and quotas (Redis, or in process), the key
+ * vault and usage records (PostgreSQL, or an in-process PGlite), and the two gRPC services.
  */
-export async function createInferenceBroker(config: BrokerConfig, runtime: ServiceRuntime): Promise<ServiceHost> {
+export async function createInferenceBroker(config: BrokerConfig, runtime: ServiceRuntime): Promise<InferenceBroker> {
   const { logger } = runtime;
+  const metrics = createBrokerMetrics(runtime.metricsRegistry);
   const workers = new WorkerClient({
     connectMs: config.WORKER_CONNECT_TIMEOUT_MS,
     firstEventMs: config.WORKER_FIRST_TOKEN_TIMEOUT_MS,
     idleMs: config.WORKER_IDLE_TIMEOUT_MS,
   });
   const registry = new ModelRegistry();
+  const pool = new WorkerPool(
+    { ejectAfterFailures: config.EJECT_AFTER_FAILURES, ejectCooldownMs: config.EJECT_COOLDOWN_MS, metricsStaleAfterMs: config.METRICS_STALE_AFTER_MS },
+    ({ worker, change }) => {
+      metrics.workerHealthy.set({ worker: worker.id }, worker.health === WorkerHealth.WORKER_HEALTH_HEALTHY ? 1 : 0);
+      if (change === "removed") {
+        metrics.workerHealthy.remove({ worker: worker.id });
+        metrics.workerInFlight.remove({ worker: worker.id });
+      }
+      if (change !== "added") logger.info({ worker: worker.id, change, reason: worker.lastError || undefined }, "worker changed");
+    },
+  );
   const host = createServiceHost(runtime);
 
+  const loadCatalog = async (signal: AbortSignal): Promise<ModelCatalog> => {
+    if (config.VLLM_URLS === undefined) return loadModelsConfig(config.MODELS_CONFIG);
+    return discoverModels(parseWorkerUrls(config.VLLM_URLS), workers, {
+      logger,
+      signal: AbortSignal.any([signal, AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS)]),
+      previous: registry.current(),
+      ...(config.DEFAULT_MODEL === undefined ? {} : { defaultModel: config.DEFAULT_MODEL }),
+      ...(config.DEFAULT_EMBEDDING_MODEL === undefined ? {} : { defaultEmbeddingModel: config.DEFAULT_EMBEDDING_MODEL }),
+    });
+  };
+  const reload = async (signal: AbortSignal) => {
+    const catalog = await loadCatalog(signal);
+    // Rediscovery that reached no worker keeps what is known rather than emptying the pool.
+    if (catalog.models.length === 0 && registry.list().length > 0) return { models: registry.list().map((model) => model.id), added: [], removed: [] };
+    registry.replace(catalog);
+    const { added, removed } = pool.sync(catalog);
+    return { models: catalog.models.map((model) => model.id), added, removed };
+  };
+
+  const initial = await reload(AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS + 1_000));
+  logger.info({ source: config.VLLM_URLS === undefined ? config.MODELS_CONFIG : "VLLM_URLS", models: initial.models, workers: initial.added }, "workers configured");
+  const prober = startHealthProber(pool, { intervalMs: config.HEALTH_PROBE_INTERVAL_MS, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }, logger);
+  host.onShutdown(() => prober.stop());
+  // Probe once before serving, so the first requests are routed on real health and load.
+  await prober.probeNow();
   if (config.VLLM_URLS !== undefined) {
-    const endpoints = parseWorkerUrls(config.VLLM_URLS);
-    const discover = async () => {
-      const catalog = await discoverModels(endpoints, workers, {
-        logger,
-        signal: AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS),
-        ...(config.DEFAULT_MODEL === undefined ? {} : { defaultModel: config.DEFAULT_MODEL }),
-      });
-      // Keep serving what was known when every worker is briefly unreachable.
-      if (catalog.models.length > 0 || registry.list().length === 0) registry.replace(catalog);
-      return catalog;
-    };
-    const catalog = await discover();
-    logger.info({ workers: endpoints.map((worker) => worker.url), models: catalog.models.map((model) => model.id) }, "workers discovered");
     const rediscovery = setInterval(() => {
-      discover().catch((error: unknown) => logger.warn({ err: error }, "model rediscovery failed"));
+      reload(AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS)).catch((error: unknown) => logger.warn({ err: error }, "model rediscovery failed"));
     }, config.DISCOVERY_INTERVAL_MS);
     rediscovery.unref();
     host.onShutdown(() => clearInterval(rediscovery));
-  } else {
-    const catalog = await loadModelsConfig(config.MODELS_CONFIG);
-    registry.replace(catalog);
-    logger.info({ config: config.MODELS_CONFIG, models: catalog.models.map((model) => model.id) }, "model catalog loaded");
   }
 
-  host.add(InferenceServiceDefinition, createInferenceService({ registry, picker: createRoundRobinPicker(), workers }));
-  return host;
+  const redisConnection = config.REDIS_URL === undefined ? undefined : createRedisConnection(config.REDIS_URL, { logger, name: "inference-broker" });
+  if (redisConnection && !(await redisConnection.ready(2_000))) logger.warn("Redis is not reachable yet: cache misses and open quotas until it is");
+  const cache = redisConnection
+    ? createRedisResponseCache({ redis: redisConnection.redis, logger, ttlSeconds: config.INFERENCE_CACHE_TTL_S })
+    : createInProcessResponseCache({ maxEntries: config.INFERENCE_CACHE_MAX_ENTRIES, maxBytes: config.INFERENCE_CACHE_MAX_BYTES, ttlSeconds: config.INFERENCE_CACHE_TTL_S });
+  const quotas = redisConnection ? createRedisQuotaLimiter({ redis: redisConnection.redis, logger }) : createInProcessQuotaLimiter();
+
+  const database = await openDatabase({
+    url: config.DATABASE_URL,
+    logger,
+    service: runtime.service,
+    poolSize: config.DATABASE_POOL_SIZE,
+    pgliteDataDir: config.PGLITE_DATA_DIR,
+    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
+  });
+  await runMigrations(database.pool, { scope: "inference-broker", migrations: brokerMigrations });
+  const vault = config.VAULT_MASTER_KEY === undefined ? undefined : createKeyVault({ pool: database.pool, masterKey: parseMasterKey(config.VAULT_MASTER_KEY) });
+  const usage = createUsageRecorder({ pool: database.pool, logger, flushIntervalMs: config.USAGE_FLUSH_INTERVAL_MS });
+
+  const dispatcher = new ChatDispatcher({
+    registry,
+    pool,
+    router: new WorkerRouter({ metricsStaleAfterMs: config.METRICS_STALE_AFTER_MS, affinitySlack: 0.25, maxSessions: 100_000 }),
+    workers,
+    metrics,
+    retryBudget: new RetryBudget(),
+    logger,
+    maxAttempts: config.FAILOVER_MAX_ATTEMPTS,
+    cache,
+    quotas,
+    usage,
+    ...(vault ? { vault } : {}),
+  });
+  host.add(InferenceServiceDefinition, createInferenceService({ registry, pool, dispatcher }));
+  host.add(InferenceAdminServiceDefinition, createInferenceAdminService({ registry, pool, workers, reload, usage, ...(vault ? { vault } : {}) }));
+  host.onShutdown(async () => {
+    await usage.close();
+    await cache.close();
+    await quotas.close();
+    await redisConnection?.close();
+    await database.close();
+  });
+  return { host, reload };
 }

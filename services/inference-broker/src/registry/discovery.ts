@@ -1,5 +1,5 @@
 import type { Logger } from "@vlinders/service-runtime";
-import type { ModelCatalog, ModelEntry, WorkerEndpoint } from "./model-registry";
+import { normalizeWorkerUrl, type ModelCatalog, type ModelEntry, type WorkerEndpoint } from "./model-registry";
 import type { WorkerClient } from "../upstream/worker-client";
 
 interface ModelsListBody {
@@ -12,7 +12,7 @@ export function parseWorkerUrls(value: string): WorkerEndpoint[] {
     .split(",")
     .map((url) => url.trim())
     .filter(Boolean)
-    .map((url, index) => ({ id: `worker-${index}`, url: url.replace(/\/+$/, "").replace(/\/v1$/, "") }));
+    .map((url, index) => ({ id: `worker-${index}`, url: normalizeWorkerUrl(url) }));
 }
 
 /**
@@ -22,7 +22,7 @@ export function parseWorkerUrls(value: string): WorkerEndpoint[] {
 export async function discoverModels(
   workers: readonly WorkerEndpoint[],
   client: WorkerClient,
-  options: { logger: Logger; signal: AbortSignal; defaultModel?: string },
+  options: { logger: Logger; signal: AbortSignal; defaultModel?: string; defaultEmbeddingModel?: string; previous?: ModelCatalog },
 ): Promise<ModelCatalog> {
   const models = new Map<string, ModelEntry>();
   const answers = await Promise.allSettled(workers.map((worker) => client.getJson(worker, "/v1/models", options.signal)));
@@ -31,6 +31,14 @@ export async function discoverModels(
     if (!worker) return;
     if (answer.status === "rejected") {
       options.logger.warn({ worker: worker.id, url: worker.url, err: answer.reason }, "model discovery failed for worker");
+      // A worker that is briefly down keeps the models it served: its requests then fail over or
+      // get UNAVAILABLE (health decides), not NOT_FOUND as if the model had never existed.
+      for (const model of options.previous?.models ?? []) {
+        if (!model.workers.some((known) => known.id === worker.id)) continue;
+        const entry = models.get(model.id) ?? { ...model, workers: [] };
+        entry.workers.push(worker);
+        models.set(model.id, entry);
+      }
       return;
     }
     for (const listed of (answer.value as ModelsListBody).data ?? []) {
@@ -48,5 +56,6 @@ export async function discoverModels(
   return {
     models: [...models.values()],
     ...(options.defaultModel === undefined ? {} : { defaultModel: options.defaultModel }),
+    ...(options.defaultEmbeddingModel === undefined ? {} : { defaultEmbeddingModel: options.defaultEmbeddingModel }),
   };
 }

@@ -7,6 +7,35 @@ export interface WorkerEndpoint {
   url: string;
   /** The worker's concurrency (vLLM's --max-num-seqs), when known. */
   maxNumSeqs?: number;
+  /** The remote provider whose key (from the vault) authenticates requests to this worker. */
+  provider?: string;
+}
+
+/** A worker's base URL as the broker uses it: no trailing slash, no /v1 (the broker adds the paths). */
+export function normalizeWorkerUrl(url: string): string {
+  return url.trim().replace(/\/+$/, "").replace(/\/v1$/, "");
+}
+
+/** How a model's requests are spread over its workers. */
+export interface RoutingSettings {
+  /** "least-loaded" weighs in-flight requests and scraped vLLM metrics; "round-robin" rotates. */
+  policy: "least-loaded" | "round-robin";
+  /** Requests of one session_id go to the same worker while it is healthy and not overloaded. */
+  sessionAffinity: boolean;
+  /** Requests that share a prompt prefix go to the same worker, for vLLM's prefix cache. */
+  prefixAffinity: boolean;
+}
+
+export const defaultRoutingSettings: RoutingSettings = { policy: "least-loaded", sessionAffinity: true, prefixAffinity: true };
+
+/** Requests and tokens per minute; unset means unlimited. */
+export interface QuotaLimits {
+  rpm?: number;
+  tpm?: number;
+}
+
+export interface ProviderEntry extends QuotaLimits {
+  id: string;
 }
 
 export interface ModelEntry {
@@ -15,6 +44,10 @@ export interface ModelEntry {
   workers: WorkerEndpoint[];
   /** 0 when unknown. */
   maxContextTokens: number;
+  /** Defaults to defaultRoutingSettings. */
+  routing?: RoutingSettings;
+  /** Per-model quota, on top of the provider's. */
+  quota?: QuotaLimits;
 }
 
 export interface ModelCatalog {
@@ -22,6 +55,8 @@ export interface ModelCatalog {
   /** Used when a request names no model; undefined selects the first model. */
   defaultModel?: string;
   defaultEmbeddingModel?: string;
+  /** Remote providers with quotas; workers name them. */
+  providers?: ProviderEntry[];
 }
 
 /**
@@ -44,6 +79,15 @@ export class ModelRegistry {
 
   list(): readonly ModelEntry[] {
     return this.catalog.models;
+  }
+
+  /** The catalog as last replaced (reload and admin changes start from it). */
+  current(): ModelCatalog {
+    return this.catalog;
+  }
+
+  provider(id: string): ProviderEntry | undefined {
+    return this.catalog.providers?.find((provider) => provider.id === id);
   }
 
   /** Resolves a model id or alias; empty selects the default. Unknown names are NOT_FOUND. */

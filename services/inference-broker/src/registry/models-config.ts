@@ -1,32 +1,54 @@
 import { readFile } from "node:fs/promises";
 import { parse } from "yaml";
+import { ConfigError } from "@vlinders/service-runtime";
 import { z } from "zod";
-import type { ModelCatalog } from "./model-registry";
+import { normalizeWorkerUrl, type ModelCatalog } from "./model-registry";
 
 const workerSchema = z.object({
   id: z.string().min(1),
-  url: z.url({ protocol: /^https?$/ }).transform((url) => url.replace(/\/+$/, "").replace(/\/v1$/, "")),
+  url: z.url({ protocol: /^https?$/ }).transform(normalizeWorkerUrl),
   max_num_seqs: z.number().int().positive().optional(),
+  /** A provider id; its key is read from the vault to authenticate requests to this worker. */
+  provider: z.string().min(1).optional(),
 });
+
+const quotaShape = {
+  rpm: z.number().int().positive().optional(),
+  tpm: z.number().int().positive().optional(),
+};
+
+const providerSchema = z.object({ id: z.string().min(1), ...quotaShape }).strict();
+
+const routingSchema = z
+  .object({
+    policy: z.enum(["least-loaded", "round-robin"]).default("least-loaded"),
+    session_affinity: z.boolean().default(true),
+    prefix_affinity: z.boolean().default(true),
+  })
+  .strict();
 
 const modelSchema = z.object({
   id: z.string().min(1),
   aliases: z.array(z.string().min(1)).default([]),
   workers: z.array(z.string().min(1)).min(1),
   max_context_tokens: z.number().int().nonnegative().default(0),
+  routing: routingSchema.optional(),
+  ...quotaShape,
 });
 
 const modelsFileSchema = z
   .object({
     default_model: z.string().min(1).optional(),
     default_embedding_model: z.string().min(1).optional(),
+    providers: z.array(providerSchema).default([]),
     workers: z.array(workerSchema).min(1),
     models: z.array(modelSchema).min(1),
   })
   .strict();
 
-export class ModelsConfigError extends Error {
-  override name = "ConfigError";
+/** A models file that cannot be used; a ConfigError, so the service refuses to start naming it. */
+export class ModelsConfigError extends ConfigError {
+  override name = "ModelsConfigError";
 }
 
 /** Parses configs/models.yaml; errors name the file and the path of the offending field. */
@@ -49,6 +71,12 @@ export function parseModelsConfig(text: string, source: string): ModelCatalog {
     if (workers.has(worker.id)) throw new ModelsConfigError(`${source}: workers.${index}.id: the id "${worker.id}" is used twice`);
     workers.set(worker.id, worker);
   });
+  const providerIds = new Set(file.providers.map((provider) => provider.id));
+  file.workers.forEach((worker, index) => {
+    if (worker.provider !== undefined && !providerIds.has(worker.provider)) {
+      throw new ModelsConfigError(`${source}: workers.${index}.provider: no provider has id "${worker.provider}"`);
+    }
+  });
   const names = new Set<string>();
   const models = file.models.map((model, index) => {
     for (const name of [model.id, ...model.aliases]) {
@@ -59,12 +87,20 @@ export function parseModelsConfig(text: string, source: string): ModelCatalog {
       id: model.id,
       aliases: model.aliases,
       maxContextTokens: model.max_context_tokens,
+      ...(model.routing
+        ? {
+            routing: {
+              policy: model.routing.policy,
+              sessionAffinity: model.routing.session_affinity,
+              prefixAffinity: model.routing.prefix_affinity,
+            },
+          }
+        : {}),
+      ...(model.rpm !== undefined || model.tpm !== undefined ? { quota: withoutUndefined({ rpm: model.rpm, tpm: model.tpm }) } : {}),
       workers: model.workers.map((workerId, workerIndex) => {
         const worker = workers.get(workerId);
         if (!worker) throw new ModelsConfigError(`${source}: models.${index}.workers.${workerIndex}: no worker has id "${workerId}"`);
-        return worker.max_num_seqs === undefined
-          ? { id: worker.id, url: worker.url }
-          : { id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs };
+        return withoutUndefined({ id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs, provider: worker.provider });
       }),
     };
   });
@@ -76,11 +112,24 @@ export function parseModelsConfig(text: string, source: string): ModelCatalog {
   }
   return {
     models,
+    ...(file.providers.length > 0 ? { providers: file.providers.map((provider) => withoutUndefined(provider)) } : {}),
     ...(file.default_model === undefined ? {} : { defaultModel: file.default_model }),
     ...(file.default_embedding_model === undefined ? {} : { defaultEmbeddingModel: file.default_embedding_model }),
   };
 }
 
+/** Drops keys whose value is undefined (the types say "absent", not "undefined"). */
+function withoutUndefined<T extends Record<string, unknown>>(value: T): { [K in keyof T]: Exclude<T[K], undefined> } {
+  return Object.fromEntries(Object.entries(value).filter(([, entry]) => entry !== undefined)) as { [K in keyof T]: Exclude<T[K], undefined> };
+}
+
 export async function loadModelsConfig(path: string): Promise<ModelCatalog> {
-  return parseModelsConfig(await readFile(path, "utf8"), path);
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (error: unknown) {
+    const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : error instanceof Error ? error.message : String(error);
+    throw new ModelsConfigError(`invalid configuration: MODELS_CONFIG: cannot read ${JSON.stringify(path)}: ${reason}`);
+  }
+  return parseModelsConfig(text, path);
 }

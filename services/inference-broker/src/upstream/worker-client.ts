@@ -1,3 +1,4 @@
+import { linkSignals } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerEndpoint } from "../registry/model-registry";
 import { statusForWorkerErrorCode } from "./chat-chunk-translator";
@@ -22,11 +23,13 @@ export const defaultWorkerTimeouts: WorkerTimeouts = { connectMs: 10_000, firstE
 export class WorkerClient {
   constructor(private readonly timeouts: WorkerTimeouts = defaultWorkerTimeouts) {}
 
-  async getJson(worker: WorkerEndpoint, path: string, signal: AbortSignal): Promise<unknown> {
+  async getJson(worker: WorkerEndpoint, path: string, signal: AbortSignal, apiKey?: string): Promise<unknown> {
     const guard = new RequestGuard(worker, signal);
     try {
       guard.arm(this.timeouts.connectMs, "answer");
-      const response = await guard.run(fetch(`${worker.url}${path}`, { signal: guard.signal, headers: { accept: "application/json" } }));
+      const headers: Record<string, string> = { accept: "application/json" };
+      if (apiKey !== undefined) headers.authorization = `Bearer ${apiKey}`;
+      const response = await guard.run(fetch(`${worker.url}${path}`, { signal: guard.signal, headers }));
       if (!response.ok) throw await errorFromResponse(worker, response);
       return await guard.run(response.json() as Promise<unknown>);
     } finally {
@@ -34,12 +37,12 @@ export class WorkerClient {
     }
   }
 
-  async postJson(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal): Promise<unknown> {
+  async postJson(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal, apiKey?: string): Promise<unknown> {
     const guard = new RequestGuard(worker, signal);
     try {
       // A non-streamed completion returns only when generation is done.
       guard.arm(this.timeouts.firstEventMs, "answer");
-      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal)));
+      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal, apiKey)));
       if (!response.ok) throw await errorFromResponse(worker, response);
       return await guard.run(response.json() as Promise<unknown>);
     } finally {
@@ -48,24 +51,34 @@ export class WorkerClient {
   }
 
   /** POSTs and yields the parsed data of each server-sent event until `[DONE]`. */
-  async *streamJson(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal): AsyncGenerator<unknown, void, undefined> {
+  async *streamJson(
+    worker: WorkerEndpoint,
+    path: string,
+    body: unknown,
+    signal: AbortSignal,
+    apiKey?: string,
+  ): AsyncGenerator<unknown, void, undefined> {
     const guard = new RequestGuard(worker, signal);
     try {
       guard.arm(this.timeouts.connectMs, "answer");
-      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal)));
+      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal, apiKey)));
       if (!response.ok) throw await errorFromResponse(worker, response);
       if (!response.body) throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} sent an empty response`);
+      guard.streaming = true;
       guard.arm(this.timeouts.firstEventMs, "first token");
       for await (const data of guard.iterate(readServerSentEventData(response.body))) {
         if (data === "[DONE]") return;
-        guard.arm(this.timeouts.idleMs, "next token");
         let parsed: unknown;
         try {
           parsed = JSON.parse(data);
         } catch {
           throw new ServerError(Status.INTERNAL, `worker ${worker.id} sent an event that is not JSON: ${data.slice(0, 120)}`);
         }
+        // The worker is not waited on while the consumer holds this event (a slow client's
+        // backpressure must not count as the worker's silence).
+        guard.disarm();
         yield parsed;
+        guard.arm(this.timeouts.idleMs, "next token");
       }
       throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} closed the stream before [DONE]`);
     } finally {
@@ -75,13 +88,11 @@ export class WorkerClient {
   }
 }
 
-function jsonRequest(body: unknown, signal: AbortSignal): RequestInit {
-  return {
-    method: "POST",
-    headers: { "content-type": "application/json", accept: "application/json, text/event-stream" },
-    body: JSON.stringify(body),
-    signal,
-  };
+function jsonRequest(body: unknown, signal: AbortSignal, apiKey: string | undefined): RequestInit {
+  const headers: Record<string, string> = { "content-type": "application/json", accept: "application/json, text/event-stream" };
+  // The key travels only in this header: it is never part of a log line or an error message.
+  if (apiKey !== undefined) headers.authorization = `Bearer ${apiKey}`;
+  return { method: "POST", headers, body: JSON.stringify(body), signal };
 }
 
 /**
@@ -90,15 +101,23 @@ function jsonRequest(body: unknown, signal: AbortSignal): RequestInit {
  */
 class RequestGuard {
   private readonly controller = new AbortController();
+  private readonly linked: { signal: AbortSignal; dispose(): void };
   private timer: NodeJS.Timeout | undefined;
   private timeoutError: ServerError | undefined;
   readonly signal: AbortSignal;
+  /** Set once the response headers arrived: a transport failure is then a lost stream, not an unreachable worker. */
+  streaming = false;
 
   constructor(
     private readonly worker: WorkerEndpoint,
     callerSignal: AbortSignal,
   ) {
-    this.signal = AbortSignal.any([callerSignal, this.controller.signal]);
+    this.linked = linkSignals(callerSignal, this.controller.signal);
+    this.signal = this.linked.signal;
+  }
+
+  disarm(): void {
+    clearTimeout(this.timer);
   }
 
   arm(ms: number, waitingFor: string): void {
@@ -130,6 +149,7 @@ class RequestGuard {
   dispose(): void {
     clearTimeout(this.timer);
     this.controller.abort();
+    this.linked.dispose();
   }
 
   private translate(error: unknown): unknown {
@@ -138,7 +158,9 @@ class RequestGuard {
     // The caller's abort (cancel, deadline, shutdown) propagates as is: the error boundary maps it.
     if (this.signal.aborted) return error;
     const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : error instanceof Error ? error.message : String(error);
-    return new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} at ${this.worker.url} is unreachable: ${cause}`);
+    return this.streaming
+      ? new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} broke off the stream: ${cause}`)
+      : new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} at ${this.worker.url} is unreachable: ${cause}`);
   }
 }
 

@@ -1,0 +1,276 @@
+import { validateChatRequest } from "@vlinders/chat-validation";
+import type { ChatEvent, ChatRequest, EmbedRequest, EmbedResponse } from "@vlinders/proto";
+import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import { ServerError, Status } from "nice-grpc-common";
+import type { BrokerMetrics } from "../broker-metrics";
+import { responseCacheKey } from "../cache/cache-key";
+import type { Worker } from "../pool/worker";
+import type { WorkerPool } from "../pool/worker-pool";
+import type { ModelEntry, ModelRegistry } from "../registry/model-registry";
+import type { WorkerRouter } from "../routing/worker-router";
+import { ChatChunkTranslator, toUsage, type ChatCompletionChunk, type OpenAiUsage } from "../upstream/chat-chunk-translator";
+import { toChatCompletionBody } from "../upstream/openai-request";
+import type { WorkerClient } from "../upstream/worker-client";
+import { classifyFailure } from "./failure-classification";
+import type { KeyVaultPort, QuotaKey, QuotaPort, ResponseCachePort, UsagePort } from "./ports";
+import type { RetryBudget } from "./retry-budget";
+
+export interface DispatcherDependencies {
+  registry: ModelRegistry;
+  pool: WorkerPool;
+  router: WorkerRouter;
+  workers: WorkerClient;
+  metrics: BrokerMetrics;
+  retryBudget: RetryBudget;
+  logger: Logger;
+  /** Attempts per request, the first included (failover before the first token). */
+  maxAttempts: number;
+  cache?: ResponseCachePort;
+  quotas?: QuotaPort;
+  vault?: KeyVaultPort;
+  usage?: UsagePort;
+}
+
+/** Where a request stands, for the caller's metadata (a retry hint) and metrics. */
+export interface DispatchContext {
+  signal: AbortSignal;
+  /** Set on quota refusals so the caller can send a retry hint. */
+  onRetryAfter?: (milliseconds: number) => void;
+}
+
+interface EmbeddingsBody {
+  data?: Array<{ index?: number; embedding?: number[] }>;
+  usage?: OpenAiUsage;
+}
+
+/** Used for local workers in usage records: they belong to no remote provider. */
+const selfHostedProvider = "self-hosted";
+
+/**
+ * Sends chat requests to workers: cache, quota, routing, failover before the first token, and the
+ * accounting after. Streams events as they arrive; nothing is buffered but what the cache keeps.
+ */
+export class ChatDispatcher {
+  constructor(private readonly deps: DispatcherDependencies) {}
+
+  async *stream(request: ChatRequest, context: DispatchContext): AsyncGenerator<ChatEvent, void, undefined> {
+    const receivedAt = performance.now();
+    validateChatRequest(request);
+    const { registry, metrics, cache } = this.deps;
+    const model = registry.resolve(request.model);
+    const cacheKey = cache ? responseCacheKey(request, model.id) : undefined;
+    let status = "OK";
+    try {
+      if (cache && cacheKey !== undefined) {
+        const cached = await cache.get(cacheKey, context.signal);
+        metrics.cache.inc({ result: cached ? "hit" : "miss" });
+        if (cached) {
+          for (const event of cached) yield { ...event, model: model.id };
+          return;
+        }
+      } else {
+        metrics.cache.inc({ result: "bypass" });
+      }
+      yield* this.dispatch(request, model, context, receivedAt, cacheKey);
+    } catch (error: unknown) {
+      status = error instanceof ServerError ? Status[error.code] : context.signal.aborted ? "CANCELLED" : "UNKNOWN";
+      throw error;
+    } finally {
+      if (status === "OK" && context.signal.aborted) status = "CANCELLED";
+      metrics.requests.inc({ model: model.id, method: "chat", status });
+      metrics.requestDuration.observe({ model: model.id, status }, (performance.now() - receivedAt) / 1000);
+    }
+  }
+
+  private async *dispatch(
+    request: ChatRequest,
+    model: ModelEntry,
+    context: DispatchContext,
+    receivedAt: number,
+    cacheKey: string | undefined,
+  ): AsyncGenerator<ChatEvent, void, undefined> {
+    const { pool, router, workers, metrics, retryBudget } = this.deps;
+    const body = toChatCompletionBody(request, model.id, true);
+    const estimatedTokens = estimateTokens(request);
+    const tried = new Set<string>();
+    const endRequest = retryBudget.startRequest();
+    let releaseRetry: (() => void) | undefined;
+    let lastFailure = "";
+    try {
+      for (let attempt = 1; ; attempt += 1) {
+        const worker = router.pick(model, pool.candidatesFor(model), request, tried);
+        if (!worker) {
+          throw new ServerError(
+            Status.UNAVAILABLE,
+            `model "${model.id}": no healthy worker is available${lastFailure ? ` (last failure: ${lastFailure})` : ""}`,
+          );
+        }
+        tried.add(worker.id);
+        const quotaKeys = this.quotaKeys(model, worker);
+        await this.admit(quotaKeys, estimatedTokens, context);
+
+        const lease = pool.lease(worker);
+        metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
+        const upstream = linkSignals(context.signal, lease.signal);
+        const translator = new ChatChunkTranslator(worker.id);
+        const collected: ChatEvent[] | undefined = cacheKey === undefined ? undefined : [];
+        let delivered = false;
+        let lastSentAt = 0;
+        try {
+          const apiKey = await this.apiKeyFor(worker, context.signal);
+          const dispatchedAt = performance.now();
+          metrics.queueTime.observe({ model: model.id }, (dispatchedAt - receivedAt) / 1000);
+          for await (const chunk of workers.streamJson(worker.endpoint, "/v1/chat/completions", body, upstream.signal, apiKey)) {
+            const chunkAt = performance.now();
+            for (const event of translator.translate(chunk as ChatCompletionChunk)) {
+              event.model = model.id;
+              collected?.push(event);
+              yield event;
+              const sentAt = performance.now();
+              if (!delivered) {
+                delivered = true;
+                metrics.timeToFirstToken.observe({ model: model.id }, (sentAt - receivedAt) / 1000);
+                metrics.addedLatency.observe({ model: model.id }, (dispatchedAt - receivedAt + (sentAt - chunkAt)) / 1000);
+              } else {
+                metrics.interTokenLatency.observe({ model: model.id }, (sentAt - lastSentAt) / 1000);
+              }
+              lastSentAt = sentAt;
+            }
+          }
+          if (!translator.sawFinish) throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} ended the stream without a finish reason`);
+          const usage = translator.takeUsage();
+          if (usage) {
+            const usageEvent: ChatEvent = { event: { $case: "usage", value: usage }, model: model.id };
+            collected?.push(usageEvent);
+            yield usageEvent;
+          }
+          lease.release("success");
+          this.account(model, worker, usage, quotaKeys, estimatedTokens);
+          // The cache keeps only complete answers and never rejects; nobody waits for the write.
+          if (collected && cacheKey !== undefined) void this.deps.cache?.set(cacheKey, collected);
+          return;
+        } catch (error: unknown) {
+          const verdict = classifyFailure(error, context.signal, lease.signal);
+          const message = error instanceof ServerError ? error.details : error instanceof Error ? error.message : String(error);
+          lease.release(verdict.blameWorker ? "failure" : "neutral", message);
+          this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
+          if (lease.signal.aborted && !context.signal.aborted && delivered) {
+            throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} was removed while streaming; the answer is incomplete`);
+          }
+          // Never after the first token: a retry would repeat text the client already has.
+          if (delivered || !verdict.retryable || attempt >= this.deps.maxAttempts) throw error;
+          releaseRetry?.();
+          releaseRetry = retryBudget.tryRetry();
+          if (!releaseRetry) throw error;
+          lastFailure = message;
+          metrics.failovers.inc({ model: model.id, reason: verdict.reason });
+          this.deps.logger.info({ worker: worker.id, model: model.id, attempt, reason: message }, "failing over to another worker");
+        } finally {
+          upstream.dispose();
+          lease.release("neutral");
+          metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
+        }
+      }
+    } finally {
+      releaseRetry?.();
+      endRequest();
+    }
+  }
+
+  /** Embeddings over /v1/embeddings, with the same routing and failover as chats. */
+  async embed(request: EmbedRequest, context: DispatchContext): Promise<EmbedResponse> {
+    if (request.inputs.length === 0) throw new ServerError(Status.INVALID_ARGUMENT, "inputs: must not be empty");
+    const { registry, pool, router, workers, retryBudget } = this.deps;
+    const model = registry.resolve(request.model, "embedding");
+    const tried = new Set<string>();
+    const endRequest = retryBudget.startRequest();
+    let releaseRetry: (() => void) | undefined;
+    try {
+      for (let attempt = 1; ; attempt += 1) {
+        const worker = router.pick(model, pool.candidatesFor(model), { sessionId: "", messages: [] }, tried);
+        if (!worker) throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available`);
+        tried.add(worker.id);
+        const lease = pool.lease(worker);
+        const upstream = linkSignals(context.signal, lease.signal);
+        try {
+          const body = (await workers.postJson(
+            worker.endpoint,
+            "/v1/embeddings",
+            { model: model.id, input: request.inputs, ...(request.userId ? { user: request.userId } : {}) },
+            upstream.signal,
+            await this.apiKeyFor(worker, context.signal),
+          )) as EmbeddingsBody;
+          const data = [...(body.data ?? [])].sort((a, b) => (a.index ?? 0) - (b.index ?? 0));
+          if (data.length !== request.inputs.length) {
+            throw new ServerError(Status.INTERNAL, `worker ${worker.id} returned ${data.length} embeddings for ${request.inputs.length} inputs`);
+          }
+          lease.release("success");
+          const usage = toUsage(body.usage ?? {});
+          this.deps.usage?.record({ provider: worker.endpoint.provider ?? selfHostedProvider, model: model.id, promptTokens: usage.promptTokens, completionTokens: 0 });
+          return { model: model.id, embeddings: data.map((item) => ({ values: item.embedding ?? [] })), usage };
+        } catch (error: unknown) {
+          const verdict = classifyFailure(error, context.signal, lease.signal);
+          lease.release(verdict.blameWorker ? "failure" : "neutral", error instanceof Error ? error.message : String(error));
+          if (!verdict.retryable || attempt >= this.deps.maxAttempts) throw error;
+          releaseRetry?.();
+          releaseRetry = retryBudget.tryRetry();
+          if (!releaseRetry) throw error;
+          this.deps.metrics.failovers.inc({ model: model.id, reason: verdict.reason });
+        } finally {
+          upstream.dispose();
+        }
+      }
+    } finally {
+      releaseRetry?.();
+      endRequest();
+    }
+  }
+
+  private quotaKeys(model: ModelEntry, worker: Worker): QuotaKey[] {
+    const keys: QuotaKey[] = [];
+    if (model.quota) keys.push({ key: `model:${model.id}`, ...model.quota });
+    const providerId = worker.endpoint.provider;
+    const provider = providerId === undefined ? undefined : this.deps.registry.provider(providerId);
+    if (provider && (provider.rpm !== undefined || provider.tpm !== undefined)) {
+      keys.push({ key: `provider:${provider.id}`, ...(provider.rpm === undefined ? {} : { rpm: provider.rpm }), ...(provider.tpm === undefined ? {} : { tpm: provider.tpm }) });
+    }
+    return keys;
+  }
+
+  private async admit(keys: QuotaKey[], estimatedTokens: number, context: DispatchContext): Promise<void> {
+    if (keys.length === 0 || !this.deps.quotas) return;
+    const decision = await this.deps.quotas.acquire(keys, estimatedTokens, context.signal);
+    if (decision.allowed) return;
+    context.onRetryAfter?.(decision.retryAfterMs);
+    throw new ServerError(
+      Status.RESOURCE_EXHAUSTED,
+      `quota exceeded: ${decision.key} is over its ${decision.limit === "rpm" ? "requests" : "tokens"} per minute; retry after ${Math.ceil(decision.retryAfterMs)} ms`,
+    );
+  }
+
+  private async apiKeyFor(worker: Worker, signal: AbortSignal): Promise<string | undefined> {
+    const provider = worker.endpoint.provider;
+    if (provider === undefined) return undefined;
+    if (!this.deps.vault) {
+      throw new ServerError(Status.FAILED_PRECONDITION, `worker ${worker.id} needs the key of provider "${provider}", but the key vault is not configured (VAULT_MASTER_KEY)`);
+    }
+    return this.deps.vault.retrieve(provider, signal);
+  }
+
+  private account(model: ModelEntry, worker: Worker, usage: { promptTokens: number; completionTokens: number } | undefined, keys: QuotaKey[], estimatedTokens: number): void {
+    const promptTokens = usage?.promptTokens ?? 0;
+    const completionTokens = usage?.completionTokens ?? 0;
+    this.deps.metrics.tokens.inc({ model: model.id, kind: "prompt" }, promptTokens);
+    this.deps.metrics.tokens.inc({ model: model.id, kind: "completion" }, completionTokens);
+    this.deps.quotas?.commit(keys, usage ? promptTokens + completionTokens : estimatedTokens, estimatedTokens);
+    this.deps.usage?.record({ provider: worker.endpoint.provider ?? selfHostedProvider, model: model.id, promptTokens, completionTokens });
+  }
+}
+
+/** A rough count before the real one is known: about four characters a token, plus the answer's budget. */
+export function estimateTokens(request: ChatRequest): number {
+  let characters = 0;
+  for (const message of request.messages) characters += message.content.length;
+  return Math.ceil(characters / 4) + (request.sampling?.maxTokens ?? 512);
+}
+

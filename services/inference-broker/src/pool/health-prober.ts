@@ -1,0 +1,82 @@
+import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import { sumPrometheusSamples } from "./prometheus-text";
+import type { Worker } from "./worker";
+import type { WorkerPool } from "./worker-pool";
+
+export interface HealthProberSettings {
+  intervalMs: number;
+  /** Each probe and scrape must answer within this. */
+  timeoutMs: number;
+}
+
+const runningMetric = "vllm:num_requests_running";
+const waitingMetric = "vllm:num_requests_waiting";
+// vLLM renamed gpu_cache_usage_perc to kv_cache_usage_perc; either may be served.
+const kvMetrics = ["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"] as const;
+
+/**
+ * Active health: every interval each worker's /health is probed and its /metrics scraped (load
+ * for routing). Workers of remote providers have neither endpoint; only passive health (request
+ * failures) applies to them, and they are readmitted once their cooldown is over.
+ */
+export function startHealthProber(pool: WorkerPool, settings: HealthProberSettings, logger: Logger): { probeNow(): Promise<void>; stop(): void } {
+  const controller = new AbortController();
+  let running: Promise<void> | undefined;
+
+  async function probe(worker: Worker): Promise<void> {
+    if (worker.endpoint.provider !== undefined) {
+      pool.recordProbeSuccess(worker);
+      return;
+    }
+    const linked = linkSignals(controller.signal, AbortSignal.timeout(settings.timeoutMs));
+    const signal = linked.signal;
+    const inFlightAtScrape = worker.inFlight;
+    try {
+      const [health, metrics] = await Promise.all([
+        fetch(`${worker.endpoint.url}/health`, { signal }),
+        fetch(`${worker.endpoint.url}/metrics`, { signal }).then(async (response) => (response.ok ? response.text() : undefined)),
+      ]);
+      await health.body?.cancel();
+      if (!health.ok) throw new Error(`/health answered HTTP ${health.status}`);
+      if (metrics !== undefined) {
+        const samples = sumPrometheusSamples(metrics, [runningMetric, waitingMetric, ...kvMetrics]);
+        worker.running = samples.get(runningMetric) ?? 0;
+        worker.waiting = samples.get(waitingMetric) ?? 0;
+        worker.kvCacheUsage = Math.max(...kvMetrics.map((name) => samples.get(name) ?? 0));
+        worker.inFlightAtScrape = inFlightAtScrape;
+        worker.scrapedAt = performance.now();
+      }
+      pool.recordProbeSuccess(worker);
+    } catch (error: unknown) {
+      if (controller.signal.aborted) return;
+      const reason = `health probe failed: ${error instanceof Error ? (error.cause instanceof Error ? error.cause.message : error.message) : String(error)}`;
+      const wasRoutable = worker.routable;
+      pool.recordFailure(worker, reason);
+      if (wasRoutable && !worker.routable) logger.warn({ worker: worker.id, reason }, "worker ejected");
+    } finally {
+      linked.dispose();
+    }
+  }
+
+  const probeAll = async () => {
+    await Promise.all(pool.all().map((worker) => probe(worker)));
+  };
+
+  const timer = setInterval(() => {
+    if (running) return; // The previous round is still waiting on a slow worker.
+    running = probeAll().finally(() => {
+      running = undefined;
+    });
+  }, settings.intervalMs);
+  timer.unref();
+
+  return {
+    probeNow: async () => {
+      await (running ?? probeAll());
+    },
+    stop: () => {
+      clearInterval(timer);
+      controller.abort();
+    },
+  };
+}
