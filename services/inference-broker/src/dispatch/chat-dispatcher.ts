@@ -254,7 +254,15 @@ export class ChatDispatcher {
     if (!this.deps.vault) {
       throw new ServerError(Status.FAILED_PRECONDITION, `worker ${worker.id} needs the key of provider "${provider}", but the key vault is not configured (VAULT_MASTER_KEY)`);
     }
-    return this.deps.vault.retrieve(provider, signal);
+    try {
+      return await this.deps.vault.retrieve(provider, signal);
+    } catch (error: unknown) {
+      // The model exists; what is missing is the operator's key. NOT_FOUND would read as "no such model".
+      if (error instanceof ServerError && error.code === Status.NOT_FOUND) {
+        throw new ServerError(Status.FAILED_PRECONDITION, `worker ${worker.id} needs the key of provider "${provider}", and none is stored: use InferenceAdminService.StoreProviderKey`);
+      }
+      throw error;
+    }
   }
 
   private account(model: ModelEntry, worker: Worker, usage: { promptTokens: number; completionTokens: number } | undefined, keys: QuotaKey[], estimatedTokens: number): void {

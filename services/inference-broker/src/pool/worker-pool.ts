@@ -22,7 +22,7 @@ export interface WorkerLease {
 }
 
 /** Called when a worker changes state, for metrics and logs. */
-export type PoolObserver = (event: { worker: Worker; change: "added" | "removed" | "ejected" | "recovered" | "draining" }) => void;
+export type PoolObserver = (event: { worker: Worker; change: "added" | "removed" | "healthy" | "ejected" | "recovered" | "draining" }) => void;
 
 /**
  * The live state of every worker: health, load, the models it serves. Workers can be added,
@@ -171,6 +171,7 @@ export class WorkerPool {
     if (worker.health === WorkerHealth.WORKER_HEALTH_UNKNOWN) {
       worker.health = WorkerHealth.WORKER_HEALTH_HEALTHY;
       worker.consecutiveFailures = 0;
+      this.observe({ worker, change: "healthy" });
     } else if (worker.health === WorkerHealth.WORKER_HEALTH_EJECTED && performance.now() >= worker.ejectedUntil) {
       worker.health = WorkerHealth.WORKER_HEALTH_HEALTHY;
       worker.consecutiveFailures = 0;
