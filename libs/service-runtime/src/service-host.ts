@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { fileDescriptorSet } from "@vlinders/proto";
 import { createServer, type CompatServiceDefinition, type Server, type ServiceImplementation } from "nice-grpc";
 import { openTelemetryServerMiddleware } from "nice-grpc-opentelemetry";
@@ -54,6 +55,8 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
   const shutdownController = new AbortController();
   // Aborts endless streams (health Watch) the moment draining begins, so they do not hold it up.
   const drainingController = new AbortController();
+  // Every call in flight listens to these two: thousands of listeners is the normal case here.
+  setMaxListeners(0, shutdownController.signal, drainingController.signal);
   const healthState = HealthState();
   const exposedServices: string[] = [];
   const cleanups: Array<() => Promise<void> | void> = [];

@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { linkSignals, type Logger } from "@vlinders/service-runtime";
 import { sumPrometheusSamples } from "./prometheus-text";
 import type { Worker } from "./worker";
@@ -21,6 +22,7 @@ const kvMetrics = ["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"] as c
  */
 export function startHealthProber(pool: WorkerPool, settings: HealthProberSettings, logger: Logger): { probeNow(): Promise<void>; stop(): void } {
   const controller = new AbortController();
+  setMaxListeners(0, controller.signal);
   let running: Promise<void> | undefined;
 
   async function probe(worker: Worker): Promise<void> {

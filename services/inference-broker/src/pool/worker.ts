@@ -1,3 +1,4 @@
+import { setMaxListeners } from "node:events";
 import { WorkerHealth, type WorkerStatus } from "@vlinders/proto";
 import type { WorkerEndpoint } from "../registry/model-registry";
 
@@ -23,7 +24,10 @@ export class Worker {
   readonly removal = new AbortController();
   models = new Set<string>();
 
-  constructor(public endpoint: WorkerEndpoint) {}
+  constructor(public endpoint: WorkerEndpoint) {
+    // Every request in flight on the worker listens to its removal.
+    setMaxListeners(0, this.removal.signal);
+  }
 
   get id(): string {
     return this.endpoint.id;
