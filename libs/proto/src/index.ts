@@ -79,3 +79,4 @@ export const serviceNames = {
   tool: "vlinders.v1.ToolService",
   inferenceAdmin: "vlinders.v1.InferenceAdminService",
 } as const;
+export { EncodedMessage, withEncodedResponses, encodeModelAgentEvent, modelEventOf } from "./encoded-messages";

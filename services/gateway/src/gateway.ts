@@ -1,4 +1,4 @@
-import { AgentServiceDefinition, InferenceServiceDefinition } from "@vlinders/proto";
+import { InferenceServiceDefinition } from "@vlinders/proto";
 import {
   createInternalChannel,
   createInternalClient,
@@ -7,7 +7,7 @@ import {
   type ServiceRuntime,
 } from "@vlinders/service-runtime";
 import type { GatewayConfig } from "./config";
-import { createGatewayInferenceService } from "./inference-service";
+import { createGatewayInferenceService, GatewayInferenceServiceDefinition, RelayAgentServiceDefinition } from "./inference-service";
 
 /** Composes the gateway: clients of the orchestrator and the broker, and the public services. */
 export function createGateway(config: GatewayConfig, runtime: ServiceRuntime): ServiceHost {
@@ -16,9 +16,9 @@ export function createGateway(config: GatewayConfig, runtime: ServiceRuntime): S
   const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
   const host = createServiceHost(runtime);
   host.add(
-    InferenceServiceDefinition,
+    GatewayInferenceServiceDefinition,
     createGatewayInferenceService({
-      agents: createInternalClient(AgentServiceDefinition, orchestratorChannel, clientOptions),
+      agents: createInternalClient(RelayAgentServiceDefinition, orchestratorChannel, clientOptions),
       inference: createInternalClient(InferenceServiceDefinition, brokerChannel, clientOptions),
     }),
   );

@@ -1,8 +1,21 @@
 import { validateChatRequest } from "@vlinders/chat-validation";
-import type { AgentServiceClient, ChatEvent, InferenceServiceClient, InferenceServiceImplementation } from "@vlinders/proto";
+import {
+  AgentServiceDefinition,
+  InferenceServiceDefinition,
+  modelEventOf,
+  withEncodedResponses,
+  type InferenceServiceClient,
+} from "@vlinders/proto";
+import type { Client, ServiceImplementation } from "nice-grpc";
+
+/** The orchestrator's AgentService with StreamAgent events left encoded. */
+export const RelayAgentServiceDefinition = withEncodedResponses(AgentServiceDefinition, "streamAgent");
+
+/** The public InferenceService with Chat events sent as the relay received them (same wire format). */
+export const GatewayInferenceServiceDefinition = withEncodedResponses(InferenceServiceDefinition, "chat");
 
 export interface GatewayInferenceDependencies {
-  agents: AgentServiceClient;
+  agents: Client<typeof RelayAgentServiceDefinition>;
   inference: InferenceServiceClient;
 }
 
@@ -10,10 +23,11 @@ export interface GatewayInferenceDependencies {
  * The public InferenceService. A Chat runs the `chat` agent in the orchestrator (where agent
  * policy lives) and relays its model events as they arrive; the other methods need no agent and go
  * to the inference-broker directly. Requests are checked here first, so bad input fails at the door.
+ * The model's events are cut out of the agent's encoded events and passed on without decoding.
  */
-export function createGatewayInferenceService(deps: GatewayInferenceDependencies): InferenceServiceImplementation {
+export function createGatewayInferenceService(deps: GatewayInferenceDependencies): ServiceImplementation<typeof GatewayInferenceServiceDefinition> {
   return {
-    async *chat(request, context): AsyncGenerator<ChatEvent, void, undefined> {
+    async *chat(request, context): AsyncGenerator<Uint8Array, void, undefined> {
       validateChatRequest(request);
       const events = deps.agents.streamAgent(
         {
@@ -31,7 +45,8 @@ export function createGatewayInferenceService(deps: GatewayInferenceDependencies
         { signal: context.signal },
       );
       for await (const agentEvent of events) {
-        if (agentEvent.event?.$case === "modelEvent") yield agentEvent.event.value;
+        const chatEvent = modelEventOf(agentEvent);
+        if (chatEvent) yield chatEvent;
       }
     },
 

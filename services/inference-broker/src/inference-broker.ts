@@ -1,5 +1,5 @@
 import { openDatabase, runMigrations } from "@vlinders/database";
-import { InferenceAdminServiceDefinition, InferenceServiceDefinition, WorkerHealth } from "@vlinders/proto";
+import { InferenceAdminServiceDefinition, WorkerHealth } from "@vlinders/proto";
 import { createServiceHost, type ServiceHost, type ServiceRuntime } from "@vlinders/service-runtime";
 import { createInferenceAdminService } from "./admin-service";
 import { createBrokerMetrics } from "./broker-metrics";
@@ -7,7 +7,7 @@ import { createInProcessResponseCache, createRedisResponseCache } from "./cache/
 import type { BrokerConfig } from "./config";
 import { ChatDispatcher } from "./dispatch/chat-dispatcher";
 import { RetryBudget } from "./dispatch/retry-budget";
-import { createInferenceService } from "./inference-service";
+import { BrokerInferenceServiceDefinition, createInferenceService } from "./inference-service";
 import { startHealthProber } from "./pool/health-prober";
 import { WorkerPool } from "./pool/worker-pool";
 import { createKeyVault, parseMasterKey } from "./providers/key-vault";
@@ -120,7 +120,7 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
     usage,
     ...(vault ? { vault } : {}),
   });
-  host.add(InferenceServiceDefinition, createInferenceService({ registry, pool, dispatcher }));
+  host.add(BrokerInferenceServiceDefinition, createInferenceService({ registry, pool, dispatcher }));
   host.add(InferenceAdminServiceDefinition, createInferenceAdminService({ registry, pool, workers, reload, usage, ...(vault ? { vault } : {}) }));
   host.onShutdown(async () => {
     await usage.close();

@@ -1,4 +1,5 @@
-import type { ChatEvent, InferenceServiceImplementation } from "@vlinders/proto";
+import { ChatEvent, InferenceServiceDefinition, withEncodedResponses } from "@vlinders/proto";
+import type { ServiceImplementation } from "nice-grpc";
 import { assembleChatResponse } from "./cache/replay";
 import type { ChatDispatcher } from "./dispatch/chat-dispatcher";
 import type { ModelRegistry } from "./registry/model-registry";
@@ -13,16 +14,23 @@ export interface InferenceServiceDependencies {
 /** Metadata key of the retry hint sent with RESOURCE_EXHAUSTED (also part of the message). */
 export const retryAfterTrailer = "retry-after-ms";
 
+/**
+ * InferenceService as the broker serves it: Chat events are encoded here, once, without the
+ * generic server path's copy of each message (its fromPartial); the wire format is unchanged.
+ */
+export const BrokerInferenceServiceDefinition = withEncodedResponses(InferenceServiceDefinition, "chat");
+
 /** InferenceService over the worker pool. */
-export function createInferenceService(deps: InferenceServiceDependencies): InferenceServiceImplementation {
+export function createInferenceService(deps: InferenceServiceDependencies): ServiceImplementation<typeof BrokerInferenceServiceDefinition> {
   const { registry, pool, dispatcher } = deps;
 
   return {
-    async *chat(request, context): AsyncGenerator<ChatEvent, void, undefined> {
-      yield* dispatcher.stream(request, {
+    async *chat(request, context): AsyncGenerator<Uint8Array, void, undefined> {
+      const events = dispatcher.stream(request, {
         signal: context.signal,
         onRetryAfter: (milliseconds) => context.trailer.set(retryAfterTrailer, String(Math.ceil(milliseconds))),
       });
+      for await (const event of events) yield ChatEvent.encode(event).finish();
     },
 
     // Streamed from the worker too: one path for caching, failover and accounting.

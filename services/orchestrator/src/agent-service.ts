@@ -1,11 +1,13 @@
 import { randomUUID } from "node:crypto";
-import type { AgentServiceImplementation, InferenceServiceClient } from "@vlinders/proto";
+import { AgentServiceDefinition, withEncodedResponses } from "@vlinders/proto";
+import type { ServiceImplementation } from "nice-grpc";
 import { ServerError, Status } from "nice-grpc-common";
-import { runChatAgent } from "./agents/chat-agent";
+import { runChatAgent, type ChatAgentDependencies } from "./agents/chat-agent";
 
-export interface AgentServiceDependencies {
-  inference: InferenceServiceClient;
-}
+export type AgentServiceDependencies = ChatAgentDependencies;
+
+/** AgentService with StreamAgent's events yielded encoded (same wire format). */
+export const OrchestratorAgentServiceDefinition = withEncodedResponses(AgentServiceDefinition, "streamAgent");
 
 /** Agent types of configs/agents.yaml whose loop is not built yet (the tool-calling loop issue). */
 const plannedAgentTypes = new Set(["plan", "explore", "edit"]);
@@ -14,7 +16,7 @@ const plannedAgentTypes = new Set(["plan", "explore", "edit"]);
  * AgentService. Only the `chat` agent runs so far, through StreamAgent; RunAgent, GetAgent and
  * CancelAgent need run records and answer UNIMPLEMENTED until they exist.
  */
-export function createAgentService(deps: AgentServiceDependencies): AgentServiceImplementation {
+export function createAgentService(deps: AgentServiceDependencies): ServiceImplementation<typeof OrchestratorAgentServiceDefinition> {
   return {
     async *streamAgent(request, context) {
       if (request.agentType === "") throw new ServerError(Status.INVALID_ARGUMENT, "agent_type: is required (e.g. \"chat\")");

@@ -1,4 +1,4 @@
-import { AgentServiceDefinition, InferenceServiceDefinition } from "@vlinders/proto";
+
 import {
   createInternalChannel,
   createInternalClient,
@@ -6,18 +6,19 @@ import {
   type ServiceHost,
   type ServiceRuntime,
 } from "@vlinders/service-runtime";
-import { createAgentService } from "./agent-service";
+import { createAgentService, OrchestratorAgentServiceDefinition } from "./agent-service";
+import { RelayInferenceServiceDefinition } from "./agents/chat-agent";
 import type { OrchestratorConfig } from "./config";
 
 /** Composes the orchestrator: a client of the inference-broker and the AgentService. */
 export function createOrchestrator(config: OrchestratorConfig, runtime: ServiceRuntime): ServiceHost {
   const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
-  const inference = createInternalClient(InferenceServiceDefinition, brokerChannel, {
+  const inference = createInternalClient(RelayInferenceServiceDefinition, brokerChannel, {
     internalSecret: runtime.internalSecret,
     defaultDeadlineMs: config.MODEL_CALL_DEADLINE_MS,
   });
   const host = createServiceHost(runtime);
-  host.add(AgentServiceDefinition, createAgentService({ inference }));
+  host.add(OrchestratorAgentServiceDefinition, createAgentService({ inference }));
   host.onShutdown(() => brokerChannel.close());
   return host;
 }

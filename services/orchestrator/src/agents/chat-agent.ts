@@ -1,17 +1,24 @@
 import { validateMessages, validateSampling, validateTools } from "@vlinders/chat-validation";
 import {
+  AgentEvent,
   AgentStatus,
+  ChatEvent,
+  encodeModelAgentEvent,
   FinishReason,
-  type AgentEvent,
+  InferenceServiceDefinition,
+  withEncodedResponses,
   type ChatMessage,
-  type InferenceServiceClient,
   type RunAgentRequest,
   type Usage,
 } from "@vlinders/proto";
+import type { Client } from "nice-grpc";
 import { ServerError, Status } from "nice-grpc-common";
 
+/** The broker's InferenceService with Chat events left encoded: the agent relays them as they are. */
+export const RelayInferenceServiceDefinition = withEncodedResponses(InferenceServiceDefinition, "chat");
+
 export interface ChatAgentDependencies {
-  inference: InferenceServiceClient;
+  inference: Client<typeof RelayInferenceServiceDefinition>;
 }
 
 const stopReasons: Record<FinishReason, string> = {
@@ -27,14 +34,15 @@ const stopReasons: Record<FinishReason, string> = {
 /**
  * The `chat` agent: one model call over the conversation, streamed back as it is generated. Tools
  * named in the request belong to the caller: when the model calls them, the run ends with stop
- * reason "tool_calls" and the caller executes them.
+ * reason "tool_calls" and the caller executes them. Events are yielded encoded: the model's events
+ * go out framed as they came from the broker, never encoded again.
  */
 export async function* runChatAgent(
   request: RunAgentRequest,
   runId: string,
   deps: ChatAgentDependencies,
   signal: AbortSignal,
-): AsyncGenerator<AgentEvent, void, undefined> {
+): AsyncGenerator<Uint8Array, void, undefined> {
   validateMessages(request.history, "history");
   validateTools(request.tools);
   validateSampling(request.sampling);
@@ -46,7 +54,7 @@ export async function* runChatAgent(
     throw new ServerError(Status.INVALID_ARGUMENT, "history: a chat needs at least one message in history or an instruction");
   }
 
-  yield { runId, event: { $case: "runStarted", value: { agentType: "chat", model: request.model, parentRunId: "" } } };
+  yield AgentEvent.encode({ runId, event: { $case: "runStarted", value: { agentType: "chat", model: request.model, parentRunId: "" } } }).finish();
   let response = "";
   let finishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
   let usage: Usage | undefined;
@@ -61,7 +69,9 @@ export async function* runChatAgent(
     },
     { signal },
   );
-  for await (const event of events) {
+  for await (const encoded of events) {
+    // Read for the run's own record (answer, finish reason, usage); relayed as it came.
+    const event = ChatEvent.decode(encoded);
     switch (event.event?.$case) {
       case "contentDelta":
         response += event.event.value;
@@ -75,13 +85,13 @@ export async function* runChatAgent(
       default:
         break;
     }
-    yield { runId, event: { $case: "modelEvent", value: event } };
+    yield encodeModelAgentEvent(runId, encoded);
   }
-  yield {
+  yield AgentEvent.encode({
     runId,
     event: {
       $case: "runFinished",
       value: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: stopReasons[finishReason], response, iterations: 1, usage },
     },
-  };
+  }).finish();
 }
