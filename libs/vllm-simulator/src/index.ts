@@ -1,3 +1,5 @@
-export { VllmSimulator, defaultSimulatorOptions, deterministicEmbedding } from "./simulator";
-export type { SimulatedModel, VllmSimulatorOptions, SimulatorFaults, SimulatorStats } from "./simulator";
+export { VllmSimulator, deterministicEmbedding } from "./simulator";
+export type { SimulatorStats } from "./simulator";
+export { defaultSimulatorOptions, simulatedFailureKinds, toolCallStyles } from "./options";
+export type { SimulatedModel, VllmSimulatorOptions, SimulatorFaults, SimulatedFailureKind, ToolCallStyle } from "./options";
 export { splitIntoTokens, countTokens } from "./tokens";
