@@ -53,6 +53,8 @@ export interface VllmSimulatorOptions {
   script?: readonly string[] | undefined;
   /** Length of each embedding vector. */
   embeddingDimensions: number;
+  /** When set, POSTs to /v1/* need `Authorization: Bearer <apiKey>` (vLLM's --api-key), else HTTP 401. */
+  apiKey?: string | undefined;
 }
 
 /** What a randomly failing request does (see `SimulatorFaults.failureRate`). */

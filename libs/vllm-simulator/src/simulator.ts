@@ -207,6 +207,10 @@ export class VllmSimulator {
       sendJson(response, 200, this.stats);
       return;
     }
+    if (request.method === "POST" && path?.startsWith("/v1/") && this.options.apiKey !== undefined) {
+      // As `vllm serve --api-key` does: the OpenAI routes want the key as a bearer token.
+      if (request.headers.authorization !== `Bearer ${this.options.apiKey}`) throw new HttpError(401, "Unauthorized", "AuthenticationError");
+    }
     if (request.method === "POST" && path === "/v1/chat/completions") {
       this.stats.requests += 1;
       this.chatCompletions(response, await readJson(request));

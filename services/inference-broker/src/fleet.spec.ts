@@ -352,3 +352,57 @@ describe("metrics", () => {
     }
   });
 });
+
+describe("provider keys", () => {
+  const masterKey = Buffer.alloc(32, 7).toString("base64");
+  const otherMasterKey = Buffer.alloc(32, 9).toString("base64");
+  const provider = `acme-${process.pid}-${Date.now()}`;
+  const apiKey = "sk-acme-0123456789-abcd";
+
+  it("dispatches with the stored key, never shows it, records usage, and refuses with a wrong master key", async () => {
+    const fleet = await startFleet(
+      { a: { apiKey } },
+      {
+        providers: `providers:\n  - id: ${provider}\n    rpm: 1000`,
+        workerExtras: { a: `    provider: ${provider}` },
+        env: { VAULT_MASTER_KEY: masterKey, USAGE_FLUSH_INTERVAL_MS: "50", EJECT_AFTER_FAILURES: "1000" },
+      },
+    );
+    try {
+      const missing = await read(fleet.inference.chat(ask("hello")));
+      expect(missing.error?.code).toBe(Status.FAILED_PRECONDITION);
+      expect(missing.error?.details).toContain("StoreProviderKey");
+
+      await expect(fleet.admin.storeProviderKey({ provider, apiKey })).resolves.toMatchObject({ provider, keySuffix: "abcd" });
+      await expect(fleet.admin.storeProviderKey({ provider: "bad name!", apiKey })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT });
+      expect(await read(fleet.inference.chat(ask("with the key")))).toMatchObject({ text: "with the key" });
+      const listed = await fleet.admin.listProviderKeys({});
+      expect(listed.keys.find((key) => key.provider === provider)).toMatchObject({ keySuffix: "abcd" });
+      expect(JSON.stringify(listed)).not.toContain("0123456789");
+
+      let rows: Array<{ provider: string; requests: number }> = [];
+      for (let attempt = 0; attempt < 40 && !rows.some((row) => row.requests >= 1); attempt += 1) {
+        rows = (await fleet.admin.getUsage({ provider, model: "", since: undefined })).rows;
+        if (!rows.some((row) => row.requests >= 1)) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      expect(rows).toEqual([expect.objectContaining({ provider, model: "vlinders-sim-chat", requests: 1 })]);
+
+      // Another replica configured with a different master key must not decrypt anything.
+      const stranger = await startFleet(
+        { a: { apiKey } },
+        { providers: `providers:\n  - id: ${provider}`, workerExtras: { a: `    provider: ${provider}` }, env: { VAULT_MASTER_KEY: otherMasterKey, EJECT_AFTER_FAILURES: "1000" } },
+      );
+      try {
+        const refused = await read(stranger.inference.chat(ask("hello")));
+        expect(refused.error?.code).toBe(Status.FAILED_PRECONDITION);
+        expect(refused.error?.details).toContain("VAULT_MASTER_KEY");
+        expect(stranger.simulators.a!.stats.requests).toBe(0);
+      } finally {
+        await stranger.stop();
+      }
+      await expect(fleet.admin.deleteProviderKey({ provider })).resolves.toEqual({ deleted: true });
+    } finally {
+      await fleet.stop();
+    }
+  });
+});
