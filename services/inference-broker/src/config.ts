@@ -38,6 +38,8 @@ export const brokerConfigSchema = z.object({
   FAILOVER_MAX_ATTEMPTS: positiveInteger(3),
   /** Redis for the response cache and cross-replica quotas; in-process equivalents when unset. */
   REDIS_URL: z.string().optional(),
+  /** Put before every key this broker writes to Redis, so that environments can share one Redis. */
+  REDIS_KEY_PREFIX: z.string().default(""),
   INFERENCE_CACHE_TTL_S: positiveInteger(3_600),
   /** Bounds of the in-process cache used without Redis. */
   INFERENCE_CACHE_MAX_ENTRIES: positiveInteger(10_000),

@@ -406,3 +406,25 @@ describe("provider keys", () => {
     }
   });
 });
+
+describe("broker replicas sharing Redis", () => {
+  it("share one response cache and one quota", async () => {
+    const env = { REDIS_URL: process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379", REDIS_KEY_PREFIX: `fleet-spec:${process.pid}:${Date.now()}:` };
+    const first = await startFleet({ a: {} }, { env, modelExtras: "    rpm: 2" });
+    const second = await startFleet({ a: {} }, { env, modelExtras: "    rpm: 2" });
+    try {
+      const request = ask("shared between replicas", { sampling: { temperature: 0, stop: [] } });
+      const fromWorker = await read(first.inference.chat(request));
+      const fromCache = await read(second.inference.chat(request));
+      expect(fromCache.events).toEqual(fromWorker.events);
+      expect(second.simulators.a!.stats.requests).toBe(0);
+      // One request is counted so far (a cache hit is not); one more is allowed, on either replica.
+      expect((await read(second.inference.chat(ask("third")))).error).toBeUndefined();
+      const refused = await read(first.inference.chat(ask("fourth")));
+      expect(refused.error?.code).toBe(Status.RESOURCE_EXHAUSTED);
+    } finally {
+      await first.stop();
+      await second.stop();
+    }
+  });
+});

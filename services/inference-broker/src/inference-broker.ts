@@ -90,9 +90,9 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
   const redisConnection = config.REDIS_URL === undefined ? undefined : createRedisConnection(config.REDIS_URL, { logger, name: "inference-broker" });
   if (redisConnection && !(await redisConnection.ready(2_000))) logger.warn("Redis is not reachable yet: cache misses and open quotas until it is");
   const cache = redisConnection
-    ? createRedisResponseCache({ redis: redisConnection.redis, logger, ttlSeconds: config.INFERENCE_CACHE_TTL_S })
+    ? createRedisResponseCache({ redis: redisConnection.redis, logger, ttlSeconds: config.INFERENCE_CACHE_TTL_S, keyPrefix: config.REDIS_KEY_PREFIX })
     : createInProcessResponseCache({ maxEntries: config.INFERENCE_CACHE_MAX_ENTRIES, maxBytes: config.INFERENCE_CACHE_MAX_BYTES, ttlSeconds: config.INFERENCE_CACHE_TTL_S });
-  const quotas = redisConnection ? createRedisQuotaLimiter({ redis: redisConnection.redis, logger }) : createInProcessQuotaLimiter();
+  const quotas = redisConnection ? createRedisQuotaLimiter({ redis: redisConnection.redis, logger, keyPrefix: config.REDIS_KEY_PREFIX }) : createInProcessQuotaLimiter();
 
   const database = await openDatabase({
     url: config.DATABASE_URL,
