@@ -17,11 +17,19 @@ describe("WorkerPool", () => {
     expect(worker.health).toBe(WorkerHealth.WORKER_HEALTH_UNKNOWN);
     pool.recordFailure(worker, "boom 2");
     expect(worker.health).toBe(WorkerHealth.WORKER_HEALTH_EJECTED);
-    expect(pool.candidatesFor(model)).toEqual([]);
+    // All of the model's workers are ejected: rather than none, all are tried (panic mode).
+    expect(pool.candidatesFor(model)).toEqual([worker]);
     expect(pool.status()[0]).toMatchObject({ id: "a", health: WorkerHealth.WORKER_HEALTH_EJECTED, consecutiveFailures: 2, lastError: "boom 2" });
     pool.recordProbeSuccess(worker);
     expect(worker.health).toBe(WorkerHealth.WORKER_HEALTH_HEALTHY);
     expect(worker.consecutiveFailures).toBe(0);
+  });
+
+  it("routes around an ejected worker while another is healthy", () => {
+    const pool = new WorkerPool({ ejectAfterFailures: 1, ejectCooldownMs: 60_000, metricsStaleAfterMs: 1_000 });
+    pool.sync(catalog(["a", "b"]));
+    pool.recordFailure(pool.get("a")!, "down");
+    expect(pool.candidatesFor(catalog(["a", "b"]).models[0]!).map((worker) => worker.id)).toEqual(["b"]);
   });
 
   it("keeps an ejected worker out until its cooldown has passed", () => {

@@ -47,14 +47,21 @@ export class WorkerPool {
     return [...this.workers.values()];
   }
 
-  /** The workers that may take a new request for this model. */
+  /**
+   * The workers that may take a new request for this model. When every one of them is ejected,
+   * all of them are (Envoy's "panic mode"): probes that time out under heavy load must not turn a
+   * busy fleet into an empty one. Draining and leaving workers are never candidates.
+   */
   candidatesFor(model: ModelEntry): Worker[] {
     const candidates: Worker[] = [];
+    let ejected: Worker[] | undefined;
     for (const endpoint of model.workers) {
       const worker = this.workers.get(endpoint.id);
-      if (worker?.routable && !this.leaving.has(worker.id)) candidates.push(worker);
+      if (!worker || this.leaving.has(worker.id)) continue;
+      if (worker.routable) candidates.push(worker);
+      else if (worker.health === WorkerHealth.WORKER_HEALTH_EJECTED) (ejected ??= []).push(worker);
     }
-    return candidates;
+    return candidates.length > 0 ? candidates : (ejected ?? candidates);
   }
 
   /**
