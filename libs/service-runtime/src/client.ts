@@ -7,8 +7,8 @@ import {
 } from "nice-grpc";
 import { deadlineMiddleware, type DeadlineOptions } from "nice-grpc-client-middleware-deadline";
 import type { ClientMiddleware } from "nice-grpc-common";
-import { openTelemetryClientMiddleware } from "nice-grpc-opentelemetry";
 import { createInternalAuthClientMiddleware } from "./middleware/internal-auth";
+import { createTracingClientMiddleware } from "./middleware/tracing";
 
 export type { DeadlineOptions } from "nice-grpc-client-middleware-deadline";
 
@@ -55,6 +55,6 @@ export function createInternalClient<Definition extends CompatServiceDefinition>
     .use(deadlineMiddleware)
     .use(defaultDeadline(options.defaultDeadlineMs))
     .use(createInternalAuthClientMiddleware(options.internalSecret))
-    .use(openTelemetryClientMiddleware())
+    .use(createTracingClientMiddleware())
     .create(definition, channel);
 }

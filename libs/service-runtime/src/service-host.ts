@@ -1,7 +1,6 @@
 import { setMaxListeners } from "node:events";
 import { fileDescriptorSet } from "@vlinders/proto";
 import { createServer, type CompatServiceDefinition, type Server, type ServiceImplementation } from "nice-grpc";
-import { openTelemetryServerMiddleware } from "nice-grpc-opentelemetry";
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
 import { ServerReflection, ServerReflectionService } from "nice-grpc-server-reflection";
 import type { Registry } from "prom-client";
@@ -11,6 +10,7 @@ import { createCallObserverMiddleware } from "./middleware/call-observer";
 import { createCallSignalMiddleware } from "./middleware/call-signal";
 import { createErrorBoundaryMiddleware } from "./middleware/error-boundary";
 import { createInternalAuthServerMiddleware } from "./middleware/internal-auth";
+import { createTracingServerMiddleware } from "./middleware/tracing";
 
 export interface ServiceHostOptions {
   service: string;
@@ -61,7 +61,7 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
   const exposedServices: string[] = [];
   const cleanups: Array<() => Promise<void> | void> = [];
   let server: Server | undefined = createServer()
-    .use(openTelemetryServerMiddleware())
+    .use(createTracingServerMiddleware())
     .use(createCallObserverMiddleware({ logger, metrics: createGrpcServerMetrics(options.metricsRegistry) }))
     .use(createErrorBoundaryMiddleware({ logger, shutdownSignal: shutdownController.signal }))
     .use(createInternalAuthServerMiddleware(options.internalSecret))

@@ -116,6 +116,7 @@ export class ChatDispatcher {
         const collected: ChatEvent[] | undefined = cacheKey === undefined ? undefined : [];
         let delivered = false;
         let lastSentAt = 0;
+        const interTokenLatency = metrics.interTokenLatency.labels(model.id);
         try {
           const apiKey = await this.apiKeyFor(worker, context.signal);
           const dispatchedAt = performance.now();
@@ -132,7 +133,7 @@ export class ChatDispatcher {
                 metrics.timeToFirstToken.observe({ model: model.id }, (sentAt - receivedAt) / 1000);
                 metrics.addedLatency.observe({ model: model.id }, (dispatchedAt - receivedAt + (sentAt - chunkAt)) / 1000);
               } else {
-                metrics.interTokenLatency.observe({ model: model.id }, (sentAt - lastSentAt) / 1000);
+                interTokenLatency.observe((sentAt - lastSentAt) / 1000);
               }
               lastSentAt = sentAt;
             }

@@ -102,7 +102,14 @@ function jsonRequest(body: unknown, signal: AbortSignal, apiKey: string | undefi
 class RequestGuard {
   private readonly controller = new AbortController();
   private readonly linked: { signal: AbortSignal; dispose(): void };
+  // A watchdog rather than a timer per event: re-arming is two assignments on the hot path, and
+  // the one timer, when it fires early, sleeps again for what is left.
   private timer: NodeJS.Timeout | undefined;
+  private timerAt = 0;
+  private deadline = 0;
+  private armed = false;
+  private limitMs = 0;
+  private waitingFor = "";
   private timeoutError: ServerError | undefined;
   readonly signal: AbortSignal;
   /** Set once the response headers arrived: a transport failure is then a lost stream, not an unreachable worker. */
@@ -116,16 +123,36 @@ class RequestGuard {
     this.signal = this.linked.signal;
   }
 
-  disarm(): void {
-    clearTimeout(this.timer);
+  arm(ms: number, waitingFor: string): void {
+    this.deadline = performance.now() + ms;
+    this.limitMs = ms;
+    this.waitingFor = waitingFor;
+    this.armed = true;
+    // A shorter wait than the one the timer was set for (e.g. idle after connect) needs it sooner.
+    if (this.timer === undefined || this.timerAt > this.deadline) this.schedule(ms);
   }
 
-  arm(ms: number, waitingFor: string): void {
+  private schedule(ms: number): void {
     clearTimeout(this.timer);
-    this.timer = setTimeout(() => {
-      this.timeoutError = new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} did not send the ${waitingFor} within ${ms} ms`);
-      this.controller.abort(this.timeoutError);
-    }, ms);
+    this.timerAt = performance.now() + ms;
+    this.timer = setTimeout(() => this.check(), ms);
+  }
+
+  disarm(): void {
+    this.armed = false;
+  }
+
+  private check(): void {
+    this.timer = undefined;
+    if (this.controller.signal.aborted) return;
+    const remaining = this.deadline - performance.now();
+    if (!this.armed || remaining > 0) {
+      // Not waiting now (or not for long enough yet): look again when the current wait could end.
+      this.schedule(this.armed ? remaining : this.limitMs);
+      return;
+    }
+    this.timeoutError = new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} did not send the ${this.waitingFor} within ${this.limitMs} ms`);
+    this.controller.abort(this.timeoutError);
   }
 
   /** Awaits a step of the request, turning transport failures into gRPC statuses. */
@@ -148,6 +175,7 @@ class RequestGuard {
 
   dispose(): void {
     clearTimeout(this.timer);
+    this.timer = undefined;
     this.controller.abort();
     this.linked.dispose();
   }

@@ -1,0 +1,92 @@
+import { context as otelContext, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from "@opentelemetry/api";
+import { isAbortError } from "abort-controller-x";
+import { ClientError, Metadata, ServerError, Status, type ClientMiddleware, type ServerMiddleware } from "nice-grpc-common";
+
+const tracer = trace.getTracer("vlinders-mesh");
+
+const metadataGetter = {
+  get: (carrier: Metadata, key: string) => {
+    const value = carrier.get(key);
+    return typeof value === "string" ? value : undefined;
+  },
+  keys: (carrier: Metadata) => Array.from(carrier, ([key]) => key),
+};
+const metadataSetter = { set: (carrier: Metadata, key: string, value: string) => carrier.set(key, value) };
+
+/** "/vlinders.v1.InferenceService/Chat" -> the span's name and RPC attributes. */
+function describeMethod(path: string): { name: string; attributes: Record<string, string> } {
+  const name = path.slice(1);
+  const slash = name.lastIndexOf("/");
+  return { name, attributes: { "rpc.system": "grpc", "rpc.service": name.slice(0, slash), "rpc.method": name.slice(slash + 1) } };
+}
+
+function endSpan(span: Span, code: Status, message: string | undefined): void {
+  span.setAttribute("rpc.grpc.status_code", code);
+  if (code !== Status.OK) span.setStatus({ code: SpanStatusCode.ERROR, message: `${Status[code]}${message ? `: ${message}` : ""}` });
+  span.end();
+}
+
+/** Runs every step of a generator in the given context, so the span stays active across yields. */
+function bindGenerator<T, R>(active: Context, generator: AsyncGenerator<T, R, undefined>): AsyncGenerator<T, R, undefined> {
+  const bound: AsyncGenerator<T, R, undefined> = {
+    next: (...args) => otelContext.with(active, () => generator.next(...args)),
+    return: (value) => otelContext.with(active, () => generator.return(value)),
+    throw: (error) => otelContext.with(active, () => generator.throw(error)),
+    [Symbol.asyncIterator]: () => bound,
+  };
+  return bound;
+}
+
+/**
+ * One SERVER span per call, continuing the caller's trace (W3C trace context in the metadata) and
+ * active while the handler runs, so that its logs and downstream calls belong to the trace. Unlike
+ * nice-grpc-opentelemetry it records no event per streamed message: a long stream would otherwise
+ * keep thousands of events in memory and pay for each token.
+ */
+export function createTracingServerMiddleware(): ServerMiddleware {
+  return function tracing(call, context) {
+    const { name, attributes } = describeMethod(call.method.path);
+    const parent = propagation.extract(ROOT_CONTEXT, context.metadata, metadataGetter);
+    const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+    const active = trace.setSpan(parent, span);
+    async function* traced() {
+      let code = Status.OK;
+      let message: string | undefined;
+      try {
+        return yield* call.next(call.request, context);
+      } catch (error: unknown) {
+        code = error instanceof ServerError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
+        message = error instanceof ServerError ? error.details : undefined;
+        throw error;
+      } finally {
+        endSpan(span, code === Status.OK && context.signal.aborted ? Status.CANCELLED : code, message);
+      }
+    }
+    return bindGenerator(active, traced());
+  };
+}
+
+/** One CLIENT span per call, its context sent along in the metadata. */
+export function createTracingClientMiddleware(): ClientMiddleware {
+  return function tracing(call, options) {
+    const { name, attributes } = describeMethod(call.method.path);
+    const span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, otelContext.active());
+    const active = trace.setSpan(otelContext.active(), span);
+    const metadata = Metadata(options.metadata);
+    propagation.inject(active, metadata, metadataSetter);
+    async function* traced() {
+      let code = Status.OK;
+      let message: string | undefined;
+      try {
+        return yield* call.next(call.request, { ...options, metadata });
+      } catch (error: unknown) {
+        code = error instanceof ClientError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
+        message = error instanceof ClientError ? error.details : undefined;
+        throw error;
+      } finally {
+        endSpan(span, code, message);
+      }
+    }
+    return bindGenerator(active, traced());
+  };
+}
