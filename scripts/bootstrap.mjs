@@ -1,14 +1,16 @@
 #!/usr/bin/env node
-// `npm start` and `npm test` on a fresh machine that has only Node.js and npm: fetch the pinned
-// pnpm if it is missing, install the workspace, build it, then start the mesh or run the suite.
+// `npm start`, `npm test` and `npm run bench:<name>` on a fresh machine that has only Node.js and
+// npm: fetch the pinned pnpm if it is missing, install the workspace, build it, then start the mesh,
+// run the suite or run test/bench/dist/<name>-bench.js with the remaining arguments.
 import { spawn, spawnSync } from "node:child_process";
-import { mkdirSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 
 const rootDir = resolve(import.meta.dirname, "..");
 const command = process.argv[2];
-if (command !== "start" && command !== "test") {
-  console.error("usage: node scripts/bootstrap.mjs start|test");
+const benchName = process.argv[3];
+if (command !== "start" && command !== "test" && !(command === "bench" && /^[a-z0-9-]+$/.test(benchName ?? ""))) {
+  console.error("usage: node scripts/bootstrap.mjs start|test|bench <name> [args]");
   process.exit(2);
 }
 
@@ -41,7 +43,19 @@ function step(title, program, args, options = {}) {
 step(`install dependencies (pnpm ${pnpmVersion})`, pnpm, [...pnpmPrefix, "install", "--frozen-lockfile", "--reporter=append-only"]);
 step("build (tsc -b)", pnpm, [...pnpmPrefix, "exec", "tsc", "-b"]);
 
-if (command === "start") {
+if (command === "bench") {
+  const script = join(rootDir, "test/bench/dist", `${benchName}-bench.js`);
+  if (!existsSync(script)) {
+    console.error(`✖ no benchmark named ${benchName} (${script} is missing)`);
+    process.exit(2);
+  }
+  // The benchmark stops its own processes on Ctrl-C; this process only waits.
+  console.log(`\n▶ benchmark ${benchName}`);
+  const bench = spawn(process.execPath, [script, ...process.argv.slice(4)], { cwd: rootDir, stdio: "inherit" });
+  process.on("SIGINT", () => {});
+  process.on("SIGTERM", () => bench.kill("SIGTERM"));
+  bench.on("exit", (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+} else if (command === "start") {
   // The launcher handles Ctrl-C itself and stops the services in order; this process only waits.
   const launcher = spawn(process.execPath, [join(rootDir, "libs/mesh-launcher/dist/cli.js")], { cwd: rootDir, stdio: "inherit" });
   process.on("SIGINT", () => {});

@@ -14,7 +14,6 @@ export function createMetricsRegistry(service: string): Registry {
 export interface GrpcServerMetrics {
   started: Counter<"grpc_service" | "grpc_method" | "grpc_type">;
   handled: Counter<"grpc_service" | "grpc_method" | "grpc_type" | "grpc_code">;
-  streamMessagesSent: Counter<"grpc_service" | "grpc_method">;
   handlingSeconds: Histogram<"grpc_service" | "grpc_method" | "grpc_type" | "grpc_code">;
 }
 
@@ -37,12 +36,6 @@ export function createGrpcServerMetrics(registry: Registry): GrpcServerMetrics {
       name: "grpc_server_handled_total",
       help: "RPCs completed on the server, by status code.",
       labelNames: [...labelNames, "grpc_code"],
-      registers: [registry],
-    })),
-    streamMessagesSent: reuseOrRegister(registry, "grpc_server_msg_sent_total", () => new Counter({
-      name: "grpc_server_msg_sent_total",
-      help: "Stream messages sent by the server.",
-      labelNames: ["grpc_service", "grpc_method"],
       registers: [registry],
     })),
     handlingSeconds: reuseOrRegister(registry, "grpc_server_handling_seconds", () => new Histogram({

@@ -6,11 +6,8 @@ import { ServerReflection, ServerReflectionService } from "nice-grpc-server-refl
 import type { Registry } from "prom-client";
 import type { Logger } from "./logger";
 import { createGrpcServerMetrics, startMetricsServer } from "./metrics";
-import { createCallObserverMiddleware } from "./middleware/call-observer";
+import { createCallPipelineMiddleware } from "./middleware/call-pipeline";
 import { createCallSignalMiddleware } from "./middleware/call-signal";
-import { createErrorBoundaryMiddleware } from "./middleware/error-boundary";
-import { createInternalAuthServerMiddleware } from "./middleware/internal-auth";
-import { createTracingServerMiddleware } from "./middleware/tracing";
 
 export interface ServiceHostOptions {
   service: string;
@@ -60,12 +57,14 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
   const healthState = HealthState();
   const exposedServices: string[] = [];
   const cleanups: Array<() => Promise<void> | void> = [];
-  let server: Server | undefined = createServer()
-    .use(createTracingServerMiddleware())
-    .use(createCallObserverMiddleware({ logger, metrics: createGrpcServerMetrics(options.metricsRegistry) }))
-    .use(createErrorBoundaryMiddleware({ logger, shutdownSignal: shutdownController.signal }))
-    .use(createInternalAuthServerMiddleware(options.internalSecret))
-    .use(createCallSignalMiddleware(shutdownController.signal));
+  let server: Server | undefined = createServer().use(
+    createCallPipelineMiddleware({
+      logger,
+      metrics: createGrpcServerMetrics(options.metricsRegistry),
+      internalSecret: options.internalSecret,
+      shutdownSignal: shutdownController.signal,
+    }),
+  );
   server.with(createCallSignalMiddleware(drainingController.signal)).add(HealthDefinition, HealthServiceImpl(healthState));
   let metricsServer: { close(): Promise<void> } | undefined;
   let shutdownPromise: Promise<void> | undefined;

@@ -1,5 +1,5 @@
 import { isAbortError } from "abort-controller-x";
-import { ClientError, ServerError, Status, type ServerMiddleware } from "nice-grpc-common";
+import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { Logger } from "../logger";
 
 /**
@@ -11,17 +11,9 @@ import type { Logger } from "../logger";
  * - an abort becomes CANCELLED, or UNAVAILABLE when it came from this server shutting down;
  * - anything else becomes INTERNAL with a log line carrying the stack (its message is not leaked).
  */
-export function createErrorBoundaryMiddleware(options: { logger: Logger; shutdownSignal: AbortSignal }): ServerMiddleware {
+export function createErrorMapper(options: { logger: Logger; shutdownSignal: AbortSignal }): (error: unknown, method: string) => ServerError {
   const { logger, shutdownSignal } = options;
-  return async function* errorBoundary(call, context) {
-    try {
-      return yield* call.next(call.request, context);
-    } catch (error: unknown) {
-      throw toServerError(error, call.method.path);
-    }
-  };
-
-  function toServerError(error: unknown, method: string): ServerError {
+  return function toServerError(error: unknown, method: string): ServerError {
     if (error instanceof ServerError) return error;
     if (error instanceof ClientError) {
       if (error.code === Status.UNAUTHENTICATED || error.code === Status.PERMISSION_DENIED) {
@@ -37,5 +29,5 @@ export function createErrorBoundaryMiddleware(options: { logger: Logger; shutdow
     }
     logger.error({ err: error, method }, "unhandled error in handler");
     return new ServerError(Status.INTERNAL, "internal error; the server log has the details");
-  }
+  };
 }

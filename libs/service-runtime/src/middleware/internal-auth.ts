@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import { Metadata, ServerError, Status, type ClientMiddleware, type ServerMiddleware } from "nice-grpc-common";
+import { Metadata, ServerError, Status, type ClientMiddleware } from "nice-grpc-common";
 
 /** The metadata key that carries the mesh's shared secret. */
 export const internalAuthHeader = "x-internal-auth";
@@ -15,19 +15,17 @@ function digest(value: string): Buffer {
  * credentials). Both sides are hashed first so that the comparison takes the same time whatever
  * the length or content of the offered value.
  */
-export function createInternalAuthServerMiddleware(secret: string): ServerMiddleware {
+export function createInternalAuthCheck(secret: string): (methodPath: string, metadata: Metadata) => void {
   const expected = digest(secret);
-  return async function* internalAuth(call, context) {
-    if (!call.method.path.startsWith(healthMethodPrefix)) {
-      const offered = context.metadata.get(internalAuthHeader);
-      if (typeof offered !== "string" || offered.length === 0) {
-        throw new ServerError(Status.UNAUTHENTICATED, `missing ${internalAuthHeader} metadata`);
-      }
-      if (!timingSafeEqual(digest(offered), expected)) {
-        throw new ServerError(Status.UNAUTHENTICATED, `invalid ${internalAuthHeader} metadata`);
-      }
+  return function checkInternalAuth(methodPath, metadata) {
+    if (methodPath.startsWith(healthMethodPrefix)) return;
+    const offered = metadata.get(internalAuthHeader);
+    if (typeof offered !== "string" || offered.length === 0) {
+      throw new ServerError(Status.UNAUTHENTICATED, `missing ${internalAuthHeader} metadata`);
     }
-    return yield* call.next(call.request, context);
+    if (!timingSafeEqual(digest(offered), expected)) {
+      throw new ServerError(Status.UNAUTHENTICATED, `invalid ${internalAuthHeader} metadata`);
+    }
   };
 }
 

@@ -1,6 +1,6 @@
 import { context as otelContext, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from "@opentelemetry/api";
 import { isAbortError } from "abort-controller-x";
-import { ClientError, Metadata, ServerError, Status, type ClientMiddleware, type ServerMiddleware } from "nice-grpc-common";
+import { ClientError, Metadata, Status, type ClientMiddleware } from "nice-grpc-common";
 
 const tracer = trace.getTracer("vlinders-mesh");
 
@@ -27,7 +27,7 @@ function endSpan(span: Span, code: Status, message: string | undefined): void {
 }
 
 /** Runs every step of a generator in the given context, so the span stays active across yields. */
-function bindGenerator<T, R>(active: Context, generator: AsyncGenerator<T, R, undefined>): AsyncGenerator<T, R, undefined> {
+export function bindGenerator<T, R>(active: Context, generator: AsyncGenerator<T, R, undefined>): AsyncGenerator<T, R, undefined> {
   const bound: AsyncGenerator<T, R, undefined> = {
     next: (...args) => otelContext.with(active, () => generator.next(...args)),
     return: (value) => otelContext.with(active, () => generator.return(value)),
@@ -38,32 +38,16 @@ function bindGenerator<T, R>(active: Context, generator: AsyncGenerator<T, R, un
 }
 
 /**
- * One SERVER span per call, continuing the caller's trace (W3C trace context in the metadata) and
- * active while the handler runs, so that its logs and downstream calls belong to the trace. Unlike
- * nice-grpc-opentelemetry it records no event per streamed message: a long stream would otherwise
- * keep thousands of events in memory and pay for each token.
+ * A SERVER span for a call, continuing the caller's trace (W3C trace context in the metadata).
+ * `active` is the context to run the handler in, so that its logs and downstream calls belong to
+ * the trace. Unlike nice-grpc-opentelemetry nothing is recorded per streamed message: a long stream
+ * would otherwise keep thousands of events in memory and pay for each token.
  */
-export function createTracingServerMiddleware(): ServerMiddleware {
-  return function tracing(call, context) {
-    const { name, attributes } = describeMethod(call.method.path);
-    const parent = propagation.extract(ROOT_CONTEXT, context.metadata, metadataGetter);
-    const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
-    const active = trace.setSpan(parent, span);
-    async function* traced() {
-      let code = Status.OK;
-      let message: string | undefined;
-      try {
-        return yield* call.next(call.request, context);
-      } catch (error: unknown) {
-        code = error instanceof ServerError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
-        message = error instanceof ServerError ? error.details : undefined;
-        throw error;
-      } finally {
-        endSpan(span, code === Status.OK && context.signal.aborted ? Status.CANCELLED : code, message);
-      }
-    }
-    return bindGenerator(active, traced());
-  };
+export function startServerSpan(methodPath: string, metadata: Metadata): { active: Context; end(code: Status, message?: string): void } {
+  const { name, attributes } = describeMethod(methodPath);
+  const parent = propagation.extract(ROOT_CONTEXT, metadata, metadataGetter);
+  const span = tracer.startSpan(name, { kind: SpanKind.SERVER, attributes }, parent);
+  return { active: trace.setSpan(parent, span), end: (code, message) => endSpan(span, code, message) };
 }
 
 /** One CLIENT span per call, its context sent along in the metadata. */
