@@ -28,12 +28,13 @@ function endSpan(span: Span, code: Status, message: string | undefined): void {
 
 /** Runs every step of a generator in the given context, so the span stays active across yields. */
 export function bindGenerator<T, R>(active: Context, generator: AsyncGenerator<T, R, undefined>): AsyncGenerator<T, R, undefined> {
-  const bound: AsyncGenerator<T, R, undefined> = {
-    next: (...args) => otelContext.with(active, () => generator.next(...args)),
-    return: (value) => otelContext.with(active, () => generator.return(value)),
-    throw: (error) => otelContext.with(active, () => generator.throw(error)),
+  // Asserted: newer lib typings add Symbol.asyncDispose to AsyncGenerator, which nothing here uses.
+  const bound = {
+    next: (...args: [] | [undefined]) => otelContext.with(active, () => generator.next(...args)),
+    return: (value: R | PromiseLike<R>) => otelContext.with(active, () => generator.return(value)),
+    throw: (error: unknown) => otelContext.with(active, () => generator.throw(error)),
     [Symbol.asyncIterator]: () => bound,
-  };
+  } as AsyncGenerator<T, R, undefined>;
   return bound;
 }
 
