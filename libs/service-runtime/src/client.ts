@@ -5,25 +5,15 @@ import {
   type Client,
   type CompatServiceDefinition,
 } from "nice-grpc";
-import { deadlineMiddleware, type DeadlineOptions } from "nice-grpc-client-middleware-deadline";
-import type { ClientMiddleware } from "nice-grpc-common";
-import { createInternalAuthClientMiddleware } from "./middleware/internal-auth";
-import { createTracingClientMiddleware } from "./middleware/tracing";
+import { createInternalClientPipeline, type DeadlineOptions } from "./middleware/client-pipeline";
 
-export type { DeadlineOptions } from "nice-grpc-client-middleware-deadline";
+export type { DeadlineOptions } from "./middleware/client-pipeline";
 
 export interface InternalClientOptions {
   /** The mesh's shared secret, sent as x-internal-auth. */
   internalSecret: string;
   /** Deadline of a call that sets none; no call of the mesh runs without one. */
   defaultDeadlineMs: number;
-}
-
-/** Gives every call a deadline, the configured default unless the caller set one. */
-function defaultDeadline(ms: number): ClientMiddleware<DeadlineOptions, DeadlineOptions> {
-  return async function* withDefaultDeadline(call, options) {
-    return yield* call.next(call.request, { ...options, deadline: options.deadline ?? ms });
-  };
 }
 
 /** One channel per downstream address, dialled once in the composition root. */
@@ -49,12 +39,5 @@ export function createInternalClient<Definition extends CompatServiceDefinition>
   channel: Channel,
   options: InternalClientOptions,
 ): Client<Definition, DeadlineOptions> {
-  // A client factory's last middleware runs first: tracing wraps everything, the deadline is
-  // decided before the deadline middleware enforces it.
-  return createClientFactory()
-    .use(deadlineMiddleware)
-    .use(defaultDeadline(options.defaultDeadlineMs))
-    .use(createInternalAuthClientMiddleware(options.internalSecret))
-    .use(createTracingClientMiddleware())
-    .create(definition, channel);
+  return createClientFactory().use(createInternalClientPipeline(options)).create(definition, channel);
 }

@@ -1,5 +1,5 @@
 import { createHash, timingSafeEqual } from "node:crypto";
-import { Metadata, ServerError, Status, type ClientMiddleware } from "nice-grpc-common";
+import { ServerError, Status, type Metadata } from "nice-grpc-common";
 
 /** The metadata key that carries the mesh's shared secret. */
 export const internalAuthHeader = "x-internal-auth";
@@ -26,14 +26,5 @@ export function createInternalAuthCheck(secret: string): (methodPath: string, me
     if (!timingSafeEqual(digest(offered), expected)) {
       throw new ServerError(Status.UNAUTHENTICATED, `invalid ${internalAuthHeader} metadata`);
     }
-  };
-}
-
-/** Sends the shared secret with every call. */
-export function createInternalAuthClientMiddleware(secret: string): ClientMiddleware {
-  return async function* internalAuth(call, options) {
-    const metadata = Metadata(options.metadata);
-    metadata.set(internalAuthHeader, secret);
-    return yield* call.next(call.request, { ...options, metadata });
   };
 }

@@ -1,6 +1,5 @@
 import { context as otelContext, propagation, ROOT_CONTEXT, SpanKind, SpanStatusCode, trace, type Context, type Span } from "@opentelemetry/api";
-import { isAbortError } from "abort-controller-x";
-import { ClientError, Metadata, Status, type ClientMiddleware } from "nice-grpc-common";
+import { type Metadata, Status } from "nice-grpc-common";
 
 const tracer = trace.getTracer("vlinders-mesh");
 
@@ -51,27 +50,14 @@ export function startServerSpan(methodPath: string, metadata: Metadata): { activ
   return { active: trace.setSpan(parent, span), end: (code, message) => endSpan(span, code, message) };
 }
 
-/** One CLIENT span per call, its context sent along in the metadata. */
-export function createTracingClientMiddleware(): ClientMiddleware {
-  return function tracing(call, options) {
-    const { name, attributes } = describeMethod(call.method.path);
-    const span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, otelContext.active());
-    const active = trace.setSpan(otelContext.active(), span);
-    const metadata = Metadata(options.metadata);
-    propagation.inject(active, metadata, metadataSetter);
-    async function* traced() {
-      let code = Status.OK;
-      let message: string | undefined;
-      try {
-        return yield* call.next(call.request, { ...options, metadata });
-      } catch (error: unknown) {
-        code = error instanceof ClientError ? error.code : isAbortError(error) ? Status.CANCELLED : Status.UNKNOWN;
-        message = error instanceof ClientError ? error.details : undefined;
-        throw error;
-      } finally {
-        endSpan(span, code, message);
-      }
-    }
-    return bindGenerator(active, traced());
-  };
+/** A CLIENT span for a call, child of the active context (the server call it is made from). */
+export function startClientSpan(methodPath: string): { active: Context; end(code: Status, message?: string): void } {
+  const { name, attributes } = describeMethod(methodPath);
+  const span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, otelContext.active());
+  return { active: trace.setSpan(otelContext.active(), span), end: (code, message) => endSpan(span, code, message) };
+}
+
+/** Puts the W3C trace context (traceparent, tracestate) of `active` into outgoing metadata. */
+export function injectTraceContext(active: Context, metadata: Metadata): void {
+  propagation.inject(active, metadata, metadataSetter);
 }
