@@ -5,7 +5,7 @@ import type { GrpcServerMetrics } from "../metrics";
 import { createCallRecorder } from "./call-observer";
 import { createErrorMapper } from "./error-boundary";
 import { createInternalAuthCheck } from "./internal-auth";
-import { bindGenerator, startServerSpan } from "./tracing";
+import { bindGenerator, bindTraceContext, startServerSpan, traceFields } from "./tracing";
 
 /**
  * Everything the mesh does around each call, in the order it matters: a trace span, metrics and
@@ -31,9 +31,10 @@ export function createCallPipelineMiddleware(options: {
 
   return function callPipeline(call, context) {
     const span = startServerSpan(call.method.path, context.metadata);
-    const end = record(call);
+    const end = record(call, traceFields(span.active));
     async function* run() {
       const linked = linkSignals(context.signal, options.shutdownSignal);
+      bindTraceContext(linked.signal, span.active);
       let code = Status.OK;
       let message: string | undefined;
       try {

@@ -1,8 +1,9 @@
+import { context as otelContext } from "@opentelemetry/api";
 import { isAbortError } from "abort-controller-x";
 import { ClientError, Metadata, Status, type ClientMiddleware } from "nice-grpc-common";
 import { linkSignals } from "../linked-signal";
 import { internalAuthHeader } from "./internal-auth";
-import { bindGenerator, injectTraceContext, startClientSpan } from "./tracing";
+import { bindGenerator, injectTraceContext, startClientSpan, traceContextOf } from "./tracing";
 
 /** Call options of an internal client: a deadline, absolute or in milliseconds from now. */
 export interface DeadlineOptions {
@@ -20,7 +21,7 @@ export interface DeadlineOptions {
 export function createInternalClientPipeline(options: { internalSecret: string; defaultDeadlineMs: number }): ClientMiddleware<DeadlineOptions> {
   return function internalCall(call, callOptions) {
     const { deadline = options.defaultDeadlineMs, ...rest } = callOptions;
-    const span = startClientSpan(call.method.path);
+    const span = startClientSpan(call.method.path, traceContextOf(rest.signal) ?? otelContext.active());
     const metadata = Metadata(rest.metadata);
     metadata.set(internalAuthHeader, options.internalSecret);
     injectTraceContext(span.active, metadata);

@@ -3,6 +3,28 @@ import { type Metadata, Status } from "nice-grpc-common";
 
 const tracer = trace.getTracer("vlinders-mesh");
 
+/** The trace context of each call in flight, keyed by the call's AbortSignal. */
+const traceContexts = new WeakMap<AbortSignal, Context>();
+
+/** Records that work done under `signal` belongs to the trace context `active`. */
+export function bindTraceContext(signal: AbortSignal, active: Context): void {
+  traceContexts.set(signal, active);
+}
+
+/**
+ * The trace context of the call whose signal a client call was given: the mesh passes each call's
+ * signal to every downstream call, so the trace follows it without any async context tracking.
+ */
+export function traceContextOf(signal: AbortSignal | undefined): Context | undefined {
+  return signal === undefined ? undefined : traceContexts.get(signal);
+}
+
+/** trace_id and span_id of a context, for log lines. */
+export function traceFields(active: Context): { trace_id?: string; span_id?: string } {
+  const spanContext = trace.getSpanContext(active);
+  return spanContext ? { trace_id: spanContext.traceId, span_id: spanContext.spanId } : {};
+}
+
 const metadataGetter = {
   get: (carrier: Metadata, key: string) => {
     const value = carrier.get(key);
@@ -50,11 +72,11 @@ export function startServerSpan(methodPath: string, metadata: Metadata): { activ
   return { active: trace.setSpan(parent, span), end: (code, message) => endSpan(span, code, message) };
 }
 
-/** A CLIENT span for a call, child of the active context (the server call it is made from). */
-export function startClientSpan(methodPath: string): { active: Context; end(code: Status, message?: string): void } {
+/** A CLIENT span for a call, child of `parent` (the server call it is made from). */
+export function startClientSpan(methodPath: string, parent: Context): { active: Context; end(code: Status, message?: string): void } {
   const { name, attributes } = describeMethod(methodPath);
-  const span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, otelContext.active());
-  return { active: trace.setSpan(otelContext.active(), span), end: (code, message) => endSpan(span, code, message) };
+  const span = tracer.startSpan(name, { kind: SpanKind.CLIENT, attributes }, parent);
+  return { active: trace.setSpan(parent, span), end: (code, message) => endSpan(span, code, message) };
 }
 
 /** Puts the W3C trace context (traceparent, tracestate) of `active` into outgoing metadata. */
