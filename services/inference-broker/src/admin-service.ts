@@ -96,6 +96,10 @@ export function createInferenceAdminService(deps: AdminServiceDependencies): Inf
       const removed = pool.remove(request.id, request.force);
       // Waiting for requests in flight is bounded by this call's deadline; the worker leaves anyway.
       await new Promise<void>((resolve, reject) => {
+        if (context.signal.aborted) {
+          reject(new ServerError(Status.DEADLINE_EXCEEDED, `worker ${request.id} still has requests in flight; it leaves once they end`));
+          return;
+        }
         const onAbort = () => reject(new ServerError(Status.DEADLINE_EXCEEDED, `worker ${request.id} still has requests in flight; it leaves once they end`));
         context.signal.addEventListener("abort", onAbort, { once: true });
         removed.then(() => {

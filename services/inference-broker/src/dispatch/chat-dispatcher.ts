@@ -108,6 +108,11 @@ export class ChatDispatcher {
         tried.add(worker.id);
         const quotaKeys = this.quotaKeys(model, worker);
         await this.admit(quotaKeys, estimatedTokens, context);
+        // The quota check may have waited on Redis: the worker may have been drained or removed.
+        if (!pool.holds(worker) || !worker.routable) {
+          this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
+          continue;
+        }
 
         const lease = pool.lease(worker);
         metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
@@ -115,6 +120,7 @@ export class ChatDispatcher {
         const translator = new ChatChunkTranslator(worker.id);
         const collected: ChatEvent[] | undefined = cacheKey === undefined ? undefined : [];
         let delivered = false;
+        let settled = false;
         let lastSentAt = 0;
         const interTokenLatency = metrics.interTokenLatency.labels(model.id);
         try {
@@ -146,6 +152,7 @@ export class ChatDispatcher {
             yield usageEvent;
           }
           lease.release("success");
+          settled = true;
           this.account(model, worker, usage, quotaKeys, estimatedTokens);
           // The cache keeps only complete answers and never rejects; nobody waits for the write.
           if (collected && cacheKey !== undefined) void this.deps.cache?.set(cacheKey, collected);
@@ -154,7 +161,6 @@ export class ChatDispatcher {
           const verdict = classifyFailure(error, context.signal, lease.signal);
           const message = error instanceof ServerError ? error.details : error instanceof Error ? error.message : String(error);
           lease.release(verdict.blameWorker ? "failure" : "neutral", message);
-          this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
           if (lease.signal.aborted && !context.signal.aborted && delivered) {
             throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} was removed while streaming; the answer is incomplete`);
           }
@@ -169,7 +175,13 @@ export class ChatDispatcher {
         } finally {
           upstream.dispose();
           lease.release("neutral");
-          metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
+          if (pool.holds(worker)) metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
+          if (!settled) {
+            // Cut short (an error, or the client left): what the worker generated still counts;
+            // an attempt that produced nothing gives its estimate back.
+            if (delivered) this.account(model, worker, translator.takeUsage(), quotaKeys, estimatedTokens);
+            else this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
+          }
         }
       }
     } finally {
@@ -192,6 +204,7 @@ export class ChatDispatcher {
         if (!worker) throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available`);
         tried.add(worker.id);
         const lease = pool.lease(worker);
+        this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         const upstream = linkSignals(context.signal, lease.signal);
         try {
           const body = (await workers.postJson(
@@ -219,6 +232,7 @@ export class ChatDispatcher {
           this.deps.metrics.failovers.inc({ model: model.id, reason: verdict.reason });
         } finally {
           upstream.dispose();
+          if (pool.holds(worker)) this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         }
       }
     } finally {

@@ -34,12 +34,20 @@ export function startHealthProber(pool: WorkerPool, settings: HealthProberSettin
     const signal = linked.signal;
     const inFlightAtScrape = worker.inFlight;
     try {
-      const [health, metrics] = await Promise.all([
-        fetch(`${worker.endpoint.url}/health`, { signal }),
-        fetch(`${worker.endpoint.url}/metrics`, { signal }).then(async (response) => (response.ok ? response.text() : undefined)),
+      const [healthAnswer, metricsAnswer] = await Promise.allSettled([
+        fetch(`${worker.endpoint.url}/health`, { signal }).then(async (response) => {
+          await response.body?.cancel();
+          return response.status;
+        }),
+        fetch(`${worker.endpoint.url}/metrics`, { signal }).then(async (response) => {
+          if (response.ok) return response.text();
+          await response.body?.cancel();
+          return undefined;
+        }),
       ]);
-      await health.body?.cancel();
-      if (!health.ok) throw new Error(`/health answered HTTP ${health.status}`);
+      if (healthAnswer.status === "rejected") throw healthAnswer.reason;
+      if (healthAnswer.value < 200 || healthAnswer.value >= 300) throw new Error(`/health answered HTTP ${healthAnswer.value}`);
+      const metrics = metricsAnswer.status === "fulfilled" ? metricsAnswer.value : undefined;
       if (metrics !== undefined) {
         const samples = sumPrometheusSamples(metrics, [runningMetric, waitingMetric, ...kvMetrics]);
         worker.running = samples.get(runningMetric) ?? 0;
@@ -74,7 +82,10 @@ export function startHealthProber(pool: WorkerPool, settings: HealthProberSettin
 
   return {
     probeNow: async () => {
-      await (running ?? probeAll());
+      running ??= probeAll().finally(() => {
+        running = undefined;
+      });
+      await running;
     },
     stop: () => {
       clearInterval(timer);

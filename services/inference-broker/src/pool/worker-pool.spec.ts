@@ -63,6 +63,35 @@ describe("WorkerPool", () => {
     expect(pool.get("a")).toBeUndefined();
   });
 
+  it("keeps an operator's drain through a reload of the same catalog", () => {
+    const pool = new WorkerPool();
+    pool.sync(catalog(["a", "b"]));
+    pool.drain("a");
+    pool.sync(catalog(["a", "b"]));
+    expect(pool.get("a")?.health).toBe(WorkerHealth.WORKER_HEALTH_DRAINING);
+    expect(pool.candidatesFor(catalog(["a", "b"]).models[0]!).map((worker) => worker.id)).toEqual(["b"]);
+  });
+
+  it("does not let a worker removed by force disturb a new worker with its id", async () => {
+    const pool = new WorkerPool();
+    pool.sync(catalog(["a"]));
+    const oldLease = pool.lease(pool.get("a")!);
+    await pool.remove("a", true);
+    const replacement = pool.add({ id: "a", url: "http://a-new:8000" }, ["m"]);
+    const newLease = pool.lease(replacement);
+    let removed = false;
+    const removal = pool.remove("a", false).then(() => {
+      removed = true;
+    });
+    oldLease.release("neutral");
+    await Promise.resolve();
+    expect(removed).toBe(false);
+    expect(pool.get("a")).toBe(replacement);
+    newLease.release("neutral");
+    await removal;
+    expect(pool.get("a")).toBeUndefined();
+  });
+
   it("takes a draining worker back when it is added again", async () => {
     const pool = new WorkerPool();
     pool.sync(catalog(["a"]));

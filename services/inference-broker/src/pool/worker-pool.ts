@@ -80,7 +80,8 @@ export class WorkerPool {
     const added: string[] = [];
     for (const [id, { endpoint, models }] of wanted) {
       if (!this.workers.has(id)) added.push(id);
-      this.add(endpoint).models = models;
+      // A reload keeps an operator's drain; it only takes back a worker it had itself let go.
+      this.add(endpoint, [], this.leaving.has(id)).models = models;
     }
     const removed = [...this.workers.keys()].filter((id) => !wanted.has(id) && !this.leaving.has(id));
     for (const id of removed) void this.remove(id, false);
@@ -91,12 +92,12 @@ export class WorkerPool {
    * Adds a worker, or updates the one with the same id; a draining or leaving worker is taken
    * back into rotation (its pending removal resolves as cancelled).
    */
-  add(endpoint: WorkerEndpoint, models: Iterable<string> = []): Worker {
+  add(endpoint: WorkerEndpoint, models: Iterable<string> = [], readmit = true): Worker {
     const existing = this.workers.get(endpoint.id);
     if (existing) {
       existing.endpoint = endpoint;
       for (const model of models) existing.models.add(model);
-      if (existing.health === WorkerHealth.WORKER_HEALTH_DRAINING) existing.health = WorkerHealth.WORKER_HEALTH_UNKNOWN;
+      if (readmit && existing.health === WorkerHealth.WORKER_HEALTH_DRAINING) existing.health = WorkerHealth.WORKER_HEALTH_UNKNOWN;
       const waiters = this.leaving.get(endpoint.id) ?? [];
       this.leaving.delete(endpoint.id);
       for (const resolve of waiters) resolve();
@@ -151,7 +152,7 @@ export class WorkerPool {
         worker.inFlight -= 1;
         if (outcome === "success") this.recordSuccess(worker);
         else if (outcome === "failure") this.recordFailure(worker, reason ?? "request failed");
-        if (worker.inFlight === 0 && this.leaving.has(worker.id)) this.forget(worker);
+        if (worker.inFlight === 0 && this.leaving.has(worker.id) && this.workers.get(worker.id) === worker) this.forget(worker);
       },
     };
   }
@@ -193,8 +194,15 @@ export class WorkerPool {
       .sort((a, b) => a.id.localeCompare(b.id));
   }
 
+  /** True while this very worker (not a later one with the same id) is in the pool. */
+  holds(worker: Worker): boolean {
+    return this.workers.get(worker.id) === worker;
+  }
+
   private forget(worker: Worker): void {
-    if (this.workers.get(worker.id) === worker) this.workers.delete(worker.id);
+    // A worker removed by force may end its last request after another took its id.
+    if (!this.holds(worker)) return;
+    this.workers.delete(worker.id);
     const waiters = this.leaving.get(worker.id) ?? [];
     this.leaving.delete(worker.id);
     this.observe({ worker, change: "removed" });
