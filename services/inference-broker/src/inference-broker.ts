@@ -14,7 +14,7 @@ import { createKeyVault, parseMasterKey } from "./providers/key-vault";
 import { brokerMigrations } from "./providers/migrations";
 import { createUsageRecorder } from "./providers/usage-recorder";
 import { createInProcessQuotaLimiter, createRedisQuotaLimiter } from "./quotas/quota-limiter";
-import { createRedisConnection } from "./redis-connection";
+import { createRedisConnection } from "@vlinders/redis";
 import { discoverModels, parseWorkerUrls } from "./registry/discovery";
 import { ModelRegistry, type ModelCatalog } from "./registry/model-registry";
 import { loadModelsConfig } from "./registry/models-config";

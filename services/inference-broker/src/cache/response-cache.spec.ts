@@ -3,7 +3,7 @@ import { createServer, type AddressInfo } from "node:net";
 import { FinishReason, type ChatEvent } from "@vlinders/proto";
 import { createLogger, type Logger } from "@vlinders/service-runtime";
 import { isAbortError } from "abort-controller-x";
-import { createRedisConnection, type RedisConnection } from "../redis-connection";
+import { createRedisConnection, type RedisConnection } from "@vlinders/redis";
 import { encodeChatEvents } from "./chat-event-codec";
 import {
   createInProcessResponseCache,

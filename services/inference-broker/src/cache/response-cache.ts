@@ -2,7 +2,7 @@ import { FinishReason, type ChatEvent } from "@vlinders/proto";
 import type { Logger } from "@vlinders/service-runtime";
 import { abortable, isAbortError, throwIfAborted } from "abort-controller-x";
 import type { Redis } from "ioredis";
-import { createLogThrottle } from "../redis-connection";
+import { createLogThrottle } from "@vlinders/redis";
 import { decodeChatEvents, encodeChatEvents } from "./chat-event-codec";
 
 /**

@@ -1,7 +1,7 @@
 import { randomUUID } from "node:crypto";
 import { createLogger } from "@vlinders/service-runtime";
 import { isAbortError } from "abort-controller-x";
-import { createRedisConnection, type RedisConnection } from "../redis-connection";
+import { createRedisConnection, type RedisConnection } from "@vlinders/redis";
 import {
   createInProcessQuotaLimiter,
   createRedisQuotaLimiter,

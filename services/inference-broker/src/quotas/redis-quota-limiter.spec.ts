@@ -3,7 +3,7 @@ import { once } from "node:events";
 import { createServer, type AddressInfo } from "node:net";
 import { createLogger, type Logger } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
-import { createRedisConnection, type RedisConnection } from "../redis-connection";
+import { createRedisConnection, type RedisConnection } from "@vlinders/redis";
 import { createRedisQuotaLimiter } from "./redis-quota-limiter";
 
 const redisUrl = process.env.TEST_REDIS_URL ?? "redis://127.0.0.1:6379";

@@ -3,7 +3,7 @@ import type { Logger } from "@vlinders/service-runtime";
 import { abortable, isAbortError, throwIfAborted } from "abort-controller-x";
 import type { Redis } from "ioredis";
 import { ServerError, Status } from "nice-grpc-common";
-import { createLogThrottle } from "../redis-connection";
+import { createLogThrottle } from "@vlinders/redis";
 import type { QuotaDecision, QuotaLimiter, QuotaWindowOptions } from "./quota-types";
 import { quotaChecks, quotaWindow, tokenCount, type QuotaCheck } from "./sliding-window";
 
