@@ -37,8 +37,20 @@ export interface ToolDefinition<Arguments = Record<string, unknown>> {
   readonly parameters: JsonSchema;
   /** True when the tool never changes the workspace (its results may be cached). */
   readonly readOnly: boolean;
+  /**
+   * For a tool that is not readOnly: true when it is still safe for an agent type with read-only
+   * workspace access, because everything it does sees the workspace read-only (commands run in a
+   * read-only mount). Tools that write files themselves leave it unset and are refused to such agents.
+   */
+  readonly honoursReadOnlyAccess?: boolean;
   /** Arguments have been validated against `parameters` before this is called. */
   execute(args: Arguments, context: ToolContext): Promise<ToolOutcome>;
+  /**
+   * For a readOnly tool whose result depends on something that can change outside the tool-runner
+   * (a file's content): a short string that changes with it (e.g. the file's mtime and size), made
+   * part of the cache key. Undefined means "do not cache this call".
+   */
+  cacheFingerprint?(args: Arguments, workspace: Workspace, signal: AbortSignal): Promise<string | undefined>;
 }
 
 /**
