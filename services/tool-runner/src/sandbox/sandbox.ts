@@ -65,3 +65,12 @@ export interface CommandSandbox {
 export class SandboxUnavailableError extends Error {
   override name = "SandboxUnavailableError";
 }
+
+/**
+ * Thrown by `run` when the sandbox container (or the command server in it) died while the command
+ * ran: killed from inside, removed by an operator, the daemon restarted. The session's next
+ * command gets a fresh container.
+ */
+export class SandboxContainerDiedError extends Error {
+  override name = "SandboxContainerDiedError";
+}
