@@ -5,6 +5,7 @@
 import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
+import { ensureSandboxHost } from "./sandbox-host.mjs";
 
 const rootDir = resolve(import.meta.dirname, "..");
 const command = process.argv[2];
@@ -42,6 +43,11 @@ function step(title, program, args, options = {}) {
 
 step(`install dependencies (pnpm ${pnpmVersion})`, pnpm, [...pnpmPrefix, "install", "--frozen-lockfile", "--reporter=append-only"]);
 step("build (tsc -b)", pnpm, [...pnpmPrefix, "exec", "tsc", "-b"]);
+
+// The tool-runner runs commands in Docker containers (or bubblewrap); the suite needs both, so
+// `npm test` installs them when it can, while `npm start` only starts a daemon that is installed.
+console.log("\n▶ sandbox host (Docker engine, bubblewrap, ripgrep)");
+await ensureSandboxHost({ rootDir, install: command === "test" });
 
 if (command === "bench") {
   const script = join(rootDir, "test/bench/dist", `${benchName}-bench.js`);

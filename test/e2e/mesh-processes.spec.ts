@@ -1,7 +1,9 @@
 import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMesh, type Mesh } from "@vlinders/mesh-launcher";
-import { InferenceServiceDefinition } from "@vlinders/proto";
+import { InferenceServiceDefinition, ToolServiceDefinition } from "@vlinders/proto";
 import { createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
 import { HealthDefinition } from "nice-grpc-server-health";
 import { readChat, userSays } from "../support/chat";
@@ -11,24 +13,40 @@ const rootDir = join(__dirname, "../..");
 const secret = "e2e-secret-0123456789abcdef";
 
 /**
- * The mesh as a user runs it: simulator, inference-broker, orchestrator and gateway as separate
- * processes from the build (npm test builds first), and clients that only know the gateway.
+ * The mesh as a user runs it: simulator, inference-broker, tool-runner, orchestrator and gateway as
+ * separate processes from the build (npm test builds first), and clients that only know the gateway.
  */
 describe("the mesh as separate processes", () => {
   let mesh: Mesh;
   let channel: Channel;
+  let workspaceRoot: string;
+  let sandboxStateDir: string;
   const output: string[] = [];
 
   beforeAll(async () => {
     if (!existsSync(join(rootDir, "services/gateway/dist/main.js"))) {
       throw new Error("the services are not built: run `npm test` (it builds first) or `pnpm exec tsc -b`");
     }
+    workspaceRoot = await mkdtemp(join(tmpdir(), "mesh-e2e-workspaces-"));
+    sandboxStateDir = await mkdtemp(join(tmpdir(), "mesh-e2e-sandbox-"));
+    await mkdir(join(workspaceRoot, "butterfly/src"), { recursive: true });
+    await writeFile(join(workspaceRoot, "butterfly/src/wings.py"), "def flap(times):\n    return 'flap' * times\n");
     mesh = await startMesh({
       rootDir,
-      grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0 },
-      metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0 },
+      grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0 },
+      metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0 },
       workers: { kind: "simulator", port: 0, timeToFirstTokenMs: 20, interTokenLatencyMs: 5 },
-      env: { ...process.env, INTERNAL_SECRET: secret, LOG_LEVEL: "info", VLINDERS_ENV: "test" },
+      env: {
+        ...process.env,
+        INTERNAL_SECRET: secret,
+        LOG_LEVEL: "info",
+        VLINDERS_ENV: "test",
+        WORKSPACE_ROOT: workspaceRoot,
+        SANDBOX_BACKEND: "docker",
+        SANDBOX_POOL_SIZE: "1",
+        SANDBOX_STATE_DIR: sandboxStateDir,
+        SANDBOX_RUNNER_ID: `mesh-e2e-${process.pid}`,
+      },
       onLine: (name, line) => output.push(`[${name}] ${line}`),
     });
     channel = createChannel(mesh.gatewayAddress);
@@ -37,6 +55,8 @@ describe("the mesh as separate processes", () => {
   afterAll(async () => {
     channel?.close();
     await mesh?.stop();
+    await rm(workspaceRoot, { recursive: true, force: true });
+    await rm(sandboxStateDir, { recursive: true, force: true });
   }, 30_000);
 
   it("streams a Chat back as an echo in several messages", async () => {
@@ -48,7 +68,11 @@ describe("the mesh as separate processes", () => {
   });
 
   it("lets a generic client discover the services by reflection and see Chat as server-streaming", async () => {
-    expect(await listServices(mesh.gatewayAddress, secret)).toEqual(["grpc.health.v1.Health", "vlinders.v1.InferenceService"]);
+    expect(await listServices(mesh.gatewayAddress, secret)).toEqual([
+      "grpc.health.v1.Health",
+      "vlinders.v1.InferenceService",
+      "vlinders.v1.ToolService",
+    ]);
     const files = await fileDescriptorsContaining(mesh.gatewayAddress, secret, "vlinders.v1.InferenceService");
     const service = files.flatMap((file) => file.service).find((candidate) => candidate.name === "InferenceService");
     const chat = service?.method.find((method) => method.name === "Chat");
@@ -80,6 +104,24 @@ describe("the mesh as separate processes", () => {
     expect((await readChat(client.chat(userSays("hi", { model: "no-such-model" })))).error?.code).toBe(Status.NOT_FOUND);
   });
 
+  it("reads, searches and edits a workspace, and runs its code in a sandbox, through the gateway", async () => {
+    const tools = createClient(ToolServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const call = (toolName: string, args: Record<string, unknown>, timeoutMs = 0) =>
+      tools.executeTool({ toolName, argumentsJson: JSON.stringify(args), workspaceId: "butterfly", agentType: "edit", timeoutMs, callId: toolName });
+    expect((await call("read_file", { path: "src/wings.py" })).output).toContain("return 'flap' * times");
+    expect((await call("search_code", { query: "def flap" })).output).toContain("src/wings.py");
+    expect(await call("edit_file", { path: "src/wings.py", old_string: "'flap' * times", new_string: "'flap ' * times" })).toMatchObject({ success: true });
+    const run = await call("run_command", { command: "cd src && python3 -c 'import wings; print(wings.flap(2))'" });
+    expect(run).toMatchObject({ success: true, exitCode: 0, output: "flap flap \n" });
+    const network = await call("run_command", { command: "cat /sys/class/net/*/operstate >/dev/null; ls /sys/class/net" });
+    expect(network.output.trim()).toBe("lo");
+    expect((await call("run_command", { command: "touch /etc/owned" })).output).toMatch(/Read-only file system/);
+    expect((await call("run_command", { command: "sleep 600" }, 500)).error).toMatch(/timed out after 500 ms/);
+    const bomb = await call("run_command", { command: "bomb() { bomb | bomb & }; bomb; exec sleep 600" }, 2000);
+    expect(bomb.success).toBe(false);
+    expect(await call("run_command", { command: "echo alive" })).toMatchObject({ success: true, output: "alive\n" });
+  }, 60_000);
+
   it("serves Prometheus metrics from each service", async () => {
     const gateway = mesh.processes.find((process) => process.name === "gateway");
     const response = await fetch(`http://127.0.0.1:${String(gateway?.listening.metrics_port)}/metrics`, { signal: AbortSignal.timeout(5_000) });
@@ -107,6 +149,6 @@ describe("the mesh as separate processes", () => {
     );
     channel.close();
     await mesh.stop();
-    expect(await Promise.all(exits)).toEqual([0, 0, 0, 0]);
+    expect(await Promise.all(exits)).toEqual([0, 0, 0, 0, 0]);
   });
 });

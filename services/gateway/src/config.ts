@@ -6,6 +6,7 @@ export const gatewayConfigSchema = z.object({
   GRPC_PORT: portVariable(50051),
   ORCHESTRATOR_ADDRESS: addressVariable("127.0.0.1:50052"),
   INFERENCE_BROKER_ADDRESS: addressVariable("127.0.0.1:50053"),
+  TOOL_RUNNER_ADDRESS: addressVariable("127.0.0.1:50054"),
   /** Deadline of a downstream call when the caller set none (streamed chats can be long). */
   DOWNSTREAM_DEADLINE_MS: millisecondsVariable(600_000),
 });

@@ -1,4 +1,4 @@
-import { InferenceServiceDefinition } from "@vlinders/proto";
+import { InferenceServiceDefinition, ToolServiceDefinition } from "@vlinders/proto";
 import {
   createInternalChannel,
   createInternalClient,
@@ -8,12 +8,14 @@ import {
 } from "@vlinders/service-runtime";
 import type { GatewayConfig } from "./config";
 import { createGatewayInferenceService, GatewayInferenceServiceDefinition, RelayAgentServiceDefinition } from "./inference-service";
+import { createGatewayToolService } from "./tool-service";
 
-/** Composes the gateway: clients of the orchestrator and the broker, and the public services. */
+/** Composes the gateway: clients of the orchestrator, the broker and the tool-runner, and the public services. */
 export function createGateway(config: GatewayConfig, runtime: ServiceRuntime): ServiceHost {
   const clientOptions = { internalSecret: runtime.internalSecret, defaultDeadlineMs: config.DOWNSTREAM_DEADLINE_MS };
   const orchestratorChannel = createInternalChannel(config.ORCHESTRATOR_ADDRESS);
   const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
+  const toolRunnerChannel = createInternalChannel(config.TOOL_RUNNER_ADDRESS);
   const host = createServiceHost(runtime);
   host.add(
     GatewayInferenceServiceDefinition,
@@ -22,9 +24,15 @@ export function createGateway(config: GatewayConfig, runtime: ServiceRuntime): S
       inference: createInternalClient(InferenceServiceDefinition, brokerChannel, clientOptions),
     }),
   );
+  // Each tool's own timeout is enforced in the tool-runner; DOWNSTREAM_DEADLINE_MS only bounds calls that set no deadline.
+  host.add(
+    ToolServiceDefinition,
+    createGatewayToolService({ tools: createInternalClient(ToolServiceDefinition, toolRunnerChannel, clientOptions) }),
+  );
   host.onShutdown(() => {
     orchestratorChannel.close();
     brokerChannel.close();
+    toolRunnerChannel.close();
   });
   return host;
 }

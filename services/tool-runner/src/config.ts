@@ -12,6 +12,8 @@ export const toolRunnerConfigSchema = z.object({
   AGENTS_CONFIG: z.string().default("configs/agents.yaml"),
   /** Results of read-only tools are cached here; unset keeps an in-process cache. */
   REDIS_URL: z.string().url().optional(),
+  /** Put before every Redis key, to separate environments that share one Redis. */
+  REDIS_KEY_PREFIX: z.string().default(""),
   TOOL_CACHE_TTL_S: positiveInteger(300),
   /** Timeout of a tool call that names none; a caller's timeout_ms is capped at TOOL_MAX_TIMEOUT_MS. */
   TOOL_DEFAULT_TIMEOUT_MS: millisecondsVariable(30_000),
