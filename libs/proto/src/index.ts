@@ -42,6 +42,12 @@ export {
   AgentRun,
   CancelAgentRequest,
   CancelAgentResponse,
+  ListAgentTypesRequest,
+  AgentTypeInfo,
+  ListAgentTypesResponse,
+  GetAgentStatsRequest,
+  AgentTypeStats,
+  GetAgentStatsResponse,
   AgentServiceDefinition,
   type AgentServiceImplementation,
   type AgentServiceClient,
@@ -70,6 +76,21 @@ export {
   type InferenceAdminServiceImplementation,
   type InferenceAdminServiceClient,
 } from "./gen/vlinders/v1/inference_admin";
+export {
+  AppendMessagesRequest,
+  GetContextRequest,
+  Compaction,
+  ContextWindow,
+  DeleteConversationRequest,
+  DeleteConversationResponse,
+  RememberRequest,
+  Memory,
+  RecallRequest,
+  RecallResponse,
+  ContextServiceDefinition,
+  type ContextServiceImplementation,
+  type ContextServiceClient,
+} from "./gen/vlinders/v1/context";
 export { fileDescriptorSet } from "./gen/file-descriptor-set";
 
 /** Fully qualified names of the public services, as reflection and grpcurl list them. */
@@ -78,5 +99,6 @@ export const serviceNames = {
   agent: "vlinders.v1.AgentService",
   tool: "vlinders.v1.ToolService",
   inferenceAdmin: "vlinders.v1.InferenceAdminService",
+  context: "vlinders.v1.ContextService",
 } as const;
 export { EncodedMessage, withEncodedResponses, encodeModelAgentEvent, modelEventOf } from "./encoded-messages";

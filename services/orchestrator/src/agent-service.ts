@@ -40,5 +40,13 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
     async cancelAgent() {
       throw new ServerError(Status.UNIMPLEMENTED, "CancelAgent is not implemented yet; cancel the StreamAgent call instead");
     },
+
+    async listAgentTypes() {
+      throw new ServerError(Status.UNIMPLEMENTED, "ListAgentTypes is not implemented yet");
+    },
+
+    async getAgentStats() {
+      throw new ServerError(Status.UNIMPLEMENTED, "GetAgentStats is not implemented yet: runs are not recorded yet");
+    },
   };
 }

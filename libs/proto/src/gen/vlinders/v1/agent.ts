@@ -206,6 +206,51 @@ export interface CancelAgentResponse {
   status: AgentStatus;
 }
 
+export interface ListAgentTypesRequest {
+}
+
+export interface AgentTypeInfo {
+  name: string;
+  description: string;
+  model: string;
+  maxIterations: number;
+  /** Tools the agent type may call (spawn_subagents included when it may delegate). */
+  tools: string[];
+  /** Agent types it may start as sub-agents. */
+  subagentTypes: string[];
+  /** "read-only" or "read-write". */
+  workspaceAccess: string;
+}
+
+export interface ListAgentTypesResponse {
+  agentTypes: AgentTypeInfo[];
+}
+
+export interface GetAgentStatsRequest {
+  /** Only this agent type; all when empty. */
+  agentType: string;
+}
+
+export interface AgentTypeStats {
+  agentType: string;
+  runs: number;
+  succeeded: number;
+  failed: number;
+  cancelled: number;
+  meanIterations: number;
+  latencyP50Ms: number;
+  latencyP95Ms: number;
+  promptTokens: number;
+  completionTokens: number;
+  toolCalls: number;
+  /** Failed tool calls over all tool calls (0 when there were none). */
+  toolErrorRate: number;
+}
+
+export interface GetAgentStatsResponse {
+  stats: AgentTypeStats[];
+}
+
 function createBaseRunAgentRequest(): RunAgentRequest {
   return {
     agentType: "",
@@ -2170,6 +2215,740 @@ export const CancelAgentResponse: MessageFns<CancelAgentResponse> = {
   },
 };
 
+function createBaseListAgentTypesRequest(): ListAgentTypesRequest {
+  return {};
+}
+
+export const ListAgentTypesRequest: MessageFns<ListAgentTypesRequest> = {
+  encode(_: ListAgentTypesRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAgentTypesRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAgentTypesRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): ListAgentTypesRequest {
+    return {};
+  },
+
+  toJSON(_: ListAgentTypesRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListAgentTypesRequest>): ListAgentTypesRequest {
+    return ListAgentTypesRequest.fromPartial(base ?? {});
+  },
+  fromPartial(_: DeepPartial<ListAgentTypesRequest>): ListAgentTypesRequest {
+    const message = createBaseListAgentTypesRequest();
+    return message;
+  },
+};
+
+function createBaseAgentTypeInfo(): AgentTypeInfo {
+  return { name: "", description: "", model: "", maxIterations: 0, tools: [], subagentTypes: [], workspaceAccess: "" };
+}
+
+export const AgentTypeInfo: MessageFns<AgentTypeInfo> = {
+  encode(message: AgentTypeInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.description !== "") {
+      writer.uint32(18).string(message.description);
+    }
+    if (message.model !== "") {
+      writer.uint32(26).string(message.model);
+    }
+    if (message.maxIterations !== 0) {
+      writer.uint32(32).uint32(message.maxIterations);
+    }
+    for (const v of message.tools) {
+      writer.uint32(42).string(v!);
+    }
+    for (const v of message.subagentTypes) {
+      writer.uint32(50).string(v!);
+    }
+    if (message.workspaceAccess !== "") {
+      writer.uint32(58).string(message.workspaceAccess);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentTypeInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentTypeInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.description = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.model = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxIterations = reader.uint32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.tools.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.subagentTypes.push(reader.string());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.workspaceAccess = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentTypeInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      description: isSet(object.description) ? globalThis.String(object.description) : "",
+      model: isSet(object.model) ? globalThis.String(object.model) : "",
+      maxIterations: isSet(object.maxIterations)
+        ? globalThis.Number(object.maxIterations)
+        : isSet(object.max_iterations)
+        ? globalThis.Number(object.max_iterations)
+        : 0,
+      tools: globalThis.Array.isArray(object?.tools) ? object.tools.map((e: any) => globalThis.String(e)) : [],
+      subagentTypes: globalThis.Array.isArray(object?.subagentTypes)
+        ? object.subagentTypes.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.subagent_types)
+        ? object.subagent_types.map((e: any) => globalThis.String(e))
+        : [],
+      workspaceAccess: isSet(object.workspaceAccess)
+        ? globalThis.String(object.workspaceAccess)
+        : isSet(object.workspace_access)
+        ? globalThis.String(object.workspace_access)
+        : "",
+    };
+  },
+
+  toJSON(message: AgentTypeInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.description !== "") {
+      obj.description = message.description;
+    }
+    if (message.model !== "") {
+      obj.model = message.model;
+    }
+    if (message.maxIterations !== 0) {
+      obj.maxIterations = Math.round(message.maxIterations);
+    }
+    if (message.tools?.length) {
+      obj.tools = message.tools;
+    }
+    if (message.subagentTypes?.length) {
+      obj.subagentTypes = message.subagentTypes;
+    }
+    if (message.workspaceAccess !== "") {
+      obj.workspaceAccess = message.workspaceAccess;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AgentTypeInfo>): AgentTypeInfo {
+    return AgentTypeInfo.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AgentTypeInfo>): AgentTypeInfo {
+    const message = createBaseAgentTypeInfo();
+    message.name = object.name ?? "";
+    message.description = object.description ?? "";
+    message.model = object.model ?? "";
+    message.maxIterations = object.maxIterations ?? 0;
+    message.tools = object.tools?.map((e) => e) || [];
+    message.subagentTypes = object.subagentTypes?.map((e) => e) || [];
+    message.workspaceAccess = object.workspaceAccess ?? "";
+    return message;
+  },
+};
+
+function createBaseListAgentTypesResponse(): ListAgentTypesResponse {
+  return { agentTypes: [] };
+}
+
+export const ListAgentTypesResponse: MessageFns<ListAgentTypesResponse> = {
+  encode(message: ListAgentTypesResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.agentTypes) {
+      AgentTypeInfo.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ListAgentTypesResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseListAgentTypesResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentTypes.push(AgentTypeInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ListAgentTypesResponse {
+    return {
+      agentTypes: globalThis.Array.isArray(object?.agentTypes)
+        ? object.agentTypes.map((e: any) => AgentTypeInfo.fromJSON(e))
+        : globalThis.Array.isArray(object?.agent_types)
+        ? object.agent_types.map((e: any) => AgentTypeInfo.fromJSON(e))
+        : [],
+    };
+  },
+
+  toJSON(message: ListAgentTypesResponse): unknown {
+    const obj: any = {};
+    if (message.agentTypes?.length) {
+      obj.agentTypes = message.agentTypes.map((e) => AgentTypeInfo.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<ListAgentTypesResponse>): ListAgentTypesResponse {
+    return ListAgentTypesResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<ListAgentTypesResponse>): ListAgentTypesResponse {
+    const message = createBaseListAgentTypesResponse();
+    message.agentTypes = object.agentTypes?.map((e) => AgentTypeInfo.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGetAgentStatsRequest(): GetAgentStatsRequest {
+  return { agentType: "" };
+}
+
+export const GetAgentStatsRequest: MessageFns<GetAgentStatsRequest> = {
+  encode(message: GetAgentStatsRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentType !== "") {
+      writer.uint32(10).string(message.agentType);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAgentStatsRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAgentStatsRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentType = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAgentStatsRequest {
+    return {
+      agentType: isSet(object.agentType)
+        ? globalThis.String(object.agentType)
+        : isSet(object.agent_type)
+        ? globalThis.String(object.agent_type)
+        : "",
+    };
+  },
+
+  toJSON(message: GetAgentStatsRequest): unknown {
+    const obj: any = {};
+    if (message.agentType !== "") {
+      obj.agentType = message.agentType;
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetAgentStatsRequest>): GetAgentStatsRequest {
+    return GetAgentStatsRequest.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetAgentStatsRequest>): GetAgentStatsRequest {
+    const message = createBaseGetAgentStatsRequest();
+    message.agentType = object.agentType ?? "";
+    return message;
+  },
+};
+
+function createBaseAgentTypeStats(): AgentTypeStats {
+  return {
+    agentType: "",
+    runs: 0,
+    succeeded: 0,
+    failed: 0,
+    cancelled: 0,
+    meanIterations: 0,
+    latencyP50Ms: 0,
+    latencyP95Ms: 0,
+    promptTokens: 0,
+    completionTokens: 0,
+    toolCalls: 0,
+    toolErrorRate: 0,
+  };
+}
+
+export const AgentTypeStats: MessageFns<AgentTypeStats> = {
+  encode(message: AgentTypeStats, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentType !== "") {
+      writer.uint32(10).string(message.agentType);
+    }
+    if (message.runs !== 0) {
+      writer.uint32(16).uint64(message.runs);
+    }
+    if (message.succeeded !== 0) {
+      writer.uint32(24).uint64(message.succeeded);
+    }
+    if (message.failed !== 0) {
+      writer.uint32(32).uint64(message.failed);
+    }
+    if (message.cancelled !== 0) {
+      writer.uint32(40).uint64(message.cancelled);
+    }
+    if (message.meanIterations !== 0) {
+      writer.uint32(49).double(message.meanIterations);
+    }
+    if (message.latencyP50Ms !== 0) {
+      writer.uint32(57).double(message.latencyP50Ms);
+    }
+    if (message.latencyP95Ms !== 0) {
+      writer.uint32(65).double(message.latencyP95Ms);
+    }
+    if (message.promptTokens !== 0) {
+      writer.uint32(72).uint64(message.promptTokens);
+    }
+    if (message.completionTokens !== 0) {
+      writer.uint32(80).uint64(message.completionTokens);
+    }
+    if (message.toolCalls !== 0) {
+      writer.uint32(88).uint64(message.toolCalls);
+    }
+    if (message.toolErrorRate !== 0) {
+      writer.uint32(97).double(message.toolErrorRate);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AgentTypeStats {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAgentTypeStats();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.runs = longToNumber(reader.uint64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.succeeded = longToNumber(reader.uint64());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.failed = longToNumber(reader.uint64());
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.cancelled = longToNumber(reader.uint64());
+            continue;
+          }
+          case 6: {
+            if (tag !== 49) {
+              break;
+            }
+
+            message.meanIterations = reader.double();
+            continue;
+          }
+          case 7: {
+            if (tag !== 57) {
+              break;
+            }
+
+            message.latencyP50Ms = reader.double();
+            continue;
+          }
+          case 8: {
+            if (tag !== 65) {
+              break;
+            }
+
+            message.latencyP95Ms = reader.double();
+            continue;
+          }
+          case 9: {
+            if (tag !== 72) {
+              break;
+            }
+
+            message.promptTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.completionTokens = longToNumber(reader.uint64());
+            continue;
+          }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.toolCalls = longToNumber(reader.uint64());
+            continue;
+          }
+          case 12: {
+            if (tag !== 97) {
+              break;
+            }
+
+            message.toolErrorRate = reader.double();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AgentTypeStats {
+    return {
+      agentType: isSet(object.agentType)
+        ? globalThis.String(object.agentType)
+        : isSet(object.agent_type)
+        ? globalThis.String(object.agent_type)
+        : "",
+      runs: isSet(object.runs) ? globalThis.Number(object.runs) : 0,
+      succeeded: isSet(object.succeeded) ? globalThis.Number(object.succeeded) : 0,
+      failed: isSet(object.failed) ? globalThis.Number(object.failed) : 0,
+      cancelled: isSet(object.cancelled) ? globalThis.Number(object.cancelled) : 0,
+      meanIterations: isSet(object.meanIterations)
+        ? globalThis.Number(object.meanIterations)
+        : isSet(object.mean_iterations)
+        ? globalThis.Number(object.mean_iterations)
+        : 0,
+      latencyP50Ms: isSet(object.latencyP50Ms)
+        ? globalThis.Number(object.latencyP50Ms)
+        : isSet(object.latency_p50_ms)
+        ? globalThis.Number(object.latency_p50_ms)
+        : 0,
+      latencyP95Ms: isSet(object.latencyP95Ms)
+        ? globalThis.Number(object.latencyP95Ms)
+        : isSet(object.latency_p95_ms)
+        ? globalThis.Number(object.latency_p95_ms)
+        : 0,
+      promptTokens: isSet(object.promptTokens)
+        ? globalThis.Number(object.promptTokens)
+        : isSet(object.prompt_tokens)
+        ? globalThis.Number(object.prompt_tokens)
+        : 0,
+      completionTokens: isSet(object.completionTokens)
+        ? globalThis.Number(object.completionTokens)
+        : isSet(object.completion_tokens)
+        ? globalThis.Number(object.completion_tokens)
+        : 0,
+      toolCalls: isSet(object.toolCalls)
+        ? globalThis.Number(object.toolCalls)
+        : isSet(object.tool_calls)
+        ? globalThis.Number(object.tool_calls)
+        : 0,
+      toolErrorRate: isSet(object.toolErrorRate)
+        ? globalThis.Number(object.toolErrorRate)
+        : isSet(object.tool_error_rate)
+        ? globalThis.Number(object.tool_error_rate)
+        : 0,
+    };
+  },
+
+  toJSON(message: AgentTypeStats): unknown {
+    const obj: any = {};
+    if (message.agentType !== "") {
+      obj.agentType = message.agentType;
+    }
+    if (message.runs !== 0) {
+      obj.runs = Math.round(message.runs);
+    }
+    if (message.succeeded !== 0) {
+      obj.succeeded = Math.round(message.succeeded);
+    }
+    if (message.failed !== 0) {
+      obj.failed = Math.round(message.failed);
+    }
+    if (message.cancelled !== 0) {
+      obj.cancelled = Math.round(message.cancelled);
+    }
+    if (message.meanIterations !== 0) {
+      obj.meanIterations = floatToJson(message.meanIterations);
+    }
+    if (message.latencyP50Ms !== 0) {
+      obj.latencyP50Ms = floatToJson(message.latencyP50Ms);
+    }
+    if (message.latencyP95Ms !== 0) {
+      obj.latencyP95Ms = floatToJson(message.latencyP95Ms);
+    }
+    if (message.promptTokens !== 0) {
+      obj.promptTokens = Math.round(message.promptTokens);
+    }
+    if (message.completionTokens !== 0) {
+      obj.completionTokens = Math.round(message.completionTokens);
+    }
+    if (message.toolCalls !== 0) {
+      obj.toolCalls = Math.round(message.toolCalls);
+    }
+    if (message.toolErrorRate !== 0) {
+      obj.toolErrorRate = floatToJson(message.toolErrorRate);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AgentTypeStats>): AgentTypeStats {
+    return AgentTypeStats.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AgentTypeStats>): AgentTypeStats {
+    const message = createBaseAgentTypeStats();
+    message.agentType = object.agentType ?? "";
+    message.runs = object.runs ?? 0;
+    message.succeeded = object.succeeded ?? 0;
+    message.failed = object.failed ?? 0;
+    message.cancelled = object.cancelled ?? 0;
+    message.meanIterations = object.meanIterations ?? 0;
+    message.latencyP50Ms = object.latencyP50Ms ?? 0;
+    message.latencyP95Ms = object.latencyP95Ms ?? 0;
+    message.promptTokens = object.promptTokens ?? 0;
+    message.completionTokens = object.completionTokens ?? 0;
+    message.toolCalls = object.toolCalls ?? 0;
+    message.toolErrorRate = object.toolErrorRate ?? 0;
+    return message;
+  },
+};
+
+function createBaseGetAgentStatsResponse(): GetAgentStatsResponse {
+  return { stats: [] };
+}
+
+export const GetAgentStatsResponse: MessageFns<GetAgentStatsResponse> = {
+  encode(message: GetAgentStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.stats) {
+      AgentTypeStats.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetAgentStatsResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetAgentStatsResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stats.push(AgentTypeStats.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetAgentStatsResponse {
+    return {
+      stats: globalThis.Array.isArray(object?.stats) ? object.stats.map((e: any) => AgentTypeStats.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: GetAgentStatsResponse): unknown {
+    const obj: any = {};
+    if (message.stats?.length) {
+      obj.stats = message.stats.map((e) => AgentTypeStats.toJSON(e));
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<GetAgentStatsResponse>): GetAgentStatsResponse {
+    return GetAgentStatsResponse.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<GetAgentStatsResponse>): GetAgentStatsResponse {
+    const message = createBaseGetAgentStatsResponse();
+    message.stats = object.stats?.map((e) => AgentTypeStats.fromPartial(e)) || [];
+    return message;
+  },
+};
+
 /** Typed agents (chat, plan, explore, edit) that loop over model calls and tool calls. */
 export type AgentServiceDefinition = typeof AgentServiceDefinition;
 export const AgentServiceDefinition = {
@@ -2212,6 +2991,24 @@ export const AgentServiceDefinition = {
       responseStream: false,
       options: {},
     },
+    /** The agent types of configs/agents.yaml and what each may do. */
+    listAgentTypes: {
+      name: "ListAgentTypes",
+      requestType: ListAgentTypesRequest as typeof ListAgentTypesRequest,
+      requestStream: false,
+      responseType: ListAgentTypesResponse as typeof ListAgentTypesResponse,
+      responseStream: false,
+      options: {},
+    },
+    /** How each agent type has performed: runs, iterations, latency, tokens, tool errors. */
+    getAgentStats: {
+      name: "GetAgentStats",
+      requestType: GetAgentStatsRequest as typeof GetAgentStatsRequest,
+      requestStream: false,
+      responseType: GetAgentStatsResponse as typeof GetAgentStatsResponse,
+      responseStream: false,
+      options: {},
+    },
   },
 } as const;
 
@@ -2230,6 +3027,16 @@ export interface AgentServiceImplementation<CallContextExt = {}> {
     request: CancelAgentRequest,
     context: CallContext & CallContextExt,
   ): Promise<DeepPartial<CancelAgentResponse>>;
+  /** The agent types of configs/agents.yaml and what each may do. */
+  listAgentTypes(
+    request: ListAgentTypesRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<ListAgentTypesResponse>>;
+  /** How each agent type has performed: runs, iterations, latency, tokens, tool errors. */
+  getAgentStats(
+    request: GetAgentStatsRequest,
+    context: CallContext & CallContextExt,
+  ): Promise<DeepPartial<GetAgentStatsResponse>>;
 }
 
 export interface AgentServiceClient<CallOptionsExt = {}> {
@@ -2244,6 +3051,20 @@ export interface AgentServiceClient<CallOptionsExt = {}> {
     request: DeepPartial<CancelAgentRequest>,
     options?: CallOptions & CallOptionsExt,
   ): Promise<CancelAgentResponse>;
+  /** The agent types of configs/agents.yaml and what each may do. */
+  listAgentTypes(
+    request: DeepPartial<ListAgentTypesRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<ListAgentTypesResponse>;
+  /** How each agent type has performed: runs, iterations, latency, tokens, tool errors. */
+  getAgentStats(
+    request: DeepPartial<GetAgentStatsRequest>,
+    options?: CallOptions & CallOptionsExt,
+  ): Promise<GetAgentStatsResponse>;
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
@@ -2275,6 +3096,17 @@ function fromJsonTimestamp(o: any): Date {
   } else {
     return fromTimestamp(Timestamp.fromJSON(o));
   }
+}
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
 }
 
 function isSet(value: any): boolean {
