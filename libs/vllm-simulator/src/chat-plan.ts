@@ -1,7 +1,8 @@
 import { HttpError } from "./http";
 import type { SimulatedModel, VllmSimulatorOptions } from "./options";
 import { messagePrefixKeys } from "./prefix-cache";
-import { newToolCallId, parseToolCallInstructions, toolCallDeltas, type EmittedToolCall } from "./tool-calls";
+import { answerFromToolResults, parseAgentScript, scriptStepIndex, type AgentStep, type ScriptMessage } from "./agent-script";
+import { newToolCallId, toolCallDeltas, type EmittedToolCall } from "./tool-calls";
 import { countTokens, splitIntoTokens } from "./tokens";
 
 /** Everything a chat completion will send, decided when the request arrives. */
@@ -36,8 +37,7 @@ export interface ChatCompletionBody {
   tools?: unknown;
 }
 
-interface ChatMessageBody {
-  role?: unknown;
+interface ChatMessageBody extends ScriptMessage {
   content?: unknown;
 }
 
@@ -85,15 +85,29 @@ export function planChatCompletion(body: ChatCompletionBody, model: SimulatedMod
     return { ...common, stream: true, kind: "script", pieces: options.script, toolCalls: [], finishReason: "stop" };
   }
 
-  const lastUser = [...messages].reverse().find((message) => message.role === "user");
-  const lastUserText = lastUser === undefined ? "" : messageText(lastUser);
-  const instructions = Array.isArray(body.tools) && body.tools.length > 0 ? parseToolCallInstructions(lastUserText) : undefined;
-  if (instructions !== undefined) {
-    const toolCalls = instructions.map((instruction) => ({ ...instruction, id: newToolCallId() }));
+  const lastUserIndex = messages.findLastIndex((message) => message.role === "user");
+  const lastUserText = lastUserIndex === -1 ? "" : messageText(messages[lastUserIndex] as ChatMessageBody);
+  const afterInstruction = messages.slice(lastUserIndex + 1);
+  // Without tools a real model cannot call any, so scripts only play when the request offers some.
+  const script = Array.isArray(body.tools) && body.tools.length > 0 ? parseAgentScript(lastUserText) : undefined;
+  const step = script === undefined ? undefined : scriptStep(script, afterInstruction);
+  if (step?.kind === "call") {
+    const toolCalls = step.calls.map((instruction) => ({ ...instruction, id: newToolCallId() }));
     const pieces = toolCallDeltas(toolCalls, options.toolCallStyle, options.interleaveToolCalls);
     return { ...common, kind: "tool", pieces, toolCalls, finishReason: "tool_calls" };
   }
-  const tokens = splitIntoTokens(lastUserText);
+  const answer = step === undefined ? lastUserText : (step.text ?? answerFromToolResults(afterInstruction, messageText));
+  // Answers go through the same tokens, max_tokens and pacing as the echo: only the text differs.
+  const tokens = splitIntoTokens(answer);
   const pieces = maxTokens === undefined ? tokens : tokens.slice(0, maxTokens);
   return { ...common, kind: "text", pieces, toolCalls: [], finishReason: pieces.length < tokens.length ? "length" : "stop" };
+}
+
+/**
+ * The step to play: one per assistant tool-call turn already sent back. Past the last step, the
+ * model answers from the results; an agent loop must always end, even when it runs more turns than
+ * the script foresaw.
+ */
+function scriptStep(script: readonly AgentStep[], afterInstruction: readonly ChatMessageBody[]): AgentStep {
+  return script[scriptStepIndex(afterInstruction)] ?? { kind: "answer", text: undefined };
 }

@@ -38,7 +38,8 @@ export interface SimulatorStats {
 /**
  * A simulated vLLM worker. It speaks vLLM's OpenAI-compatible HTTP API (chat completions, streamed
  * as server-sent events or not, models, embeddings, health and vLLM-named Prometheus metrics) and
- * echoes the last user message back word by word, or calls tools when told to ("call NAME {json}").
+ * echoes the last user message back word by word, or plays an agent when told to: tool calls
+ * ("call NAME {json}"), answers, and several turns of them joined by " then ".
  * It runs no model, but behaves like a loaded GPU worker: latency with jitter that grows with load,
  * `maxNumSeqs` with a waiting queue, a prefix cache, and failures on demand.
  */

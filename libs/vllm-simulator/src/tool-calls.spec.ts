@@ -35,6 +35,8 @@ describe("parseToolCallInstructions", () => {
     "call a {} andcall b",
     "call a {} and",
     "call a trailing words",
+    // Steps of a script are read by parseAgentScript, not here.
+    "call a then call b",
   ])("gives undefined for anything else: %j", (text) => {
     expect(parseToolCallInstructions(text)).toBeUndefined();
   });

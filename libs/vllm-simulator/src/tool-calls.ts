@@ -15,7 +15,7 @@ export interface EmittedToolCall extends ToolCallInstruction {
 
 const namePattern = /[A-Za-z_][\w.-]*/y;
 
-function skipWhitespace(text: string, from: number): { index: number; newline: boolean } {
+export function skipWhitespace(text: string, from: number): { index: number; newline: boolean } {
   let index = from;
   let newline = false;
   while (index < text.length && /\s/.test(text[index] as string)) {
@@ -48,8 +48,18 @@ function endOfObject(text: string, start: number): number {
  * tests can make the model write broken arguments.
  */
 export function parseToolCallInstructions(text: string): ToolCallInstruction[] | undefined {
+  const read = readToolCalls(text, skipWhitespace(text, 0).index);
+  return read !== undefined && skipWhitespace(text, read.end).index === text.length ? read.calls : undefined;
+}
+
+/**
+ * Reads the calls of one step, from `start` (which must be at `call`) up to the end of the text or
+ * up to the whitespace before a ` then ` that starts the next step of a script; `end` is where the
+ * last call ends. Undefined when the calls are malformed.
+ */
+export function readToolCalls(text: string, start: number): { calls: ToolCallInstruction[]; end: number } | undefined {
   const calls: ToolCallInstruction[] = [];
-  let index = skipWhitespace(text, 0).index;
+  let index = start;
   for (;;) {
     if (!text.startsWith("call", index)) return undefined;
     const afterKeyword = skipWhitespace(text, index + 4);
@@ -68,17 +78,23 @@ export function parseToolCallInstructions(text: string): ToolCallInstruction[] |
     }
     calls.push({ name, argumentsJson });
     const separator = skipWhitespace(text, index);
-    if (separator.index === text.length) return calls;
-    if (separator.index > index && text.startsWith("and", separator.index)) {
-      const afterAnd = skipWhitespace(text, separator.index + 3);
-      if (afterAnd.index === separator.index + 3) return undefined;
-      index = afterAnd.index;
+    if (separator.index === text.length || startsWord(text, separator.index, index, "then")) return { calls, end: index };
+    if (startsWord(text, separator.index, index, "and")) {
+      index = skipWhitespace(text, separator.index + 3).index;
     } else if (separator.newline) {
       index = separator.index;
     } else {
       return undefined;
     }
   }
+}
+
+/**
+ * Whether `word` stands at `at` as a separator: whitespace before it (it starts after `from`) and
+ * whitespace after it, so that `andy` or `thenceforth` are not separators.
+ */
+export function startsWord(text: string, at: number, from: number, word: string): boolean {
+  return at > from && text.startsWith(word, at) && skipWhitespace(text, at + word.length).index > at + word.length;
 }
 
 /** vLLM's tool-call ids: `chatcmpl-tool-` and 32 hex digits. */
