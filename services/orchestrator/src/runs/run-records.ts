@@ -28,6 +28,12 @@ export interface ToolCallRecord {
   /** The ToolResult as JSON (output, result_json, error, exit code, truncated). */
   readonly resultJson: string;
   readonly success: boolean;
+  /**
+   * Set by the store when reading back: the arguments, or the result, were longer than it keeps
+   * (64 KiB each) and end with a truncation marker (so they may no longer parse as JSON).
+   */
+  readonly argumentsTruncated?: boolean;
+  readonly resultTruncated?: boolean;
   readonly durationMs: number;
   readonly startedAt: Date;
   readonly finishedAt: Date;

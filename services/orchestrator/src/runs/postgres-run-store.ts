@@ -1,0 +1,538 @@
+import { queryWithSignal } from "@vlinders/database";
+import { AgentStatus, type AgentRun, type AgentTypeStats, type Usage } from "@vlinders/proto";
+import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import type { Pool } from "pg";
+import type { RunFinishedRecord, RunStartedRecord, RunStore, ToolCallRecord } from "./run-records";
+
+/** The stop reason of a run whose process stopped before the run ended. */
+export const interruptedStopReason = "interrupted: the orchestrator stopped before the run ended";
+
+/** The most bytes (UTF-8) of a tool call's arguments, and of its result, that are stored. */
+export const maxStoredToolJsonBytes = 64 * 1024;
+
+/** Options of {@link createPostgresRunStore}. */
+export interface PostgresRunStoreOptions {
+  /** A pool on which the orchestrator's migrations have run; not closed by the store. */
+  pool: Pool;
+  /**
+   * This replica's id, recorded with each run it starts: a restarted replica with the same id
+   * interrupts the runs it left behind. A stable name (the pod's or host's) makes that immediate;
+   * a new name each start still works, through the heartbeat sweep.
+   */
+  owner: string;
+  logger: Logger;
+  /** How often a replica refreshes heartbeat_at of its running runs (default 10000). */
+  heartbeatIntervalMs?: number | undefined;
+  /**
+   * A running run whose heartbeat is older than this is presumed orphaned and marked interrupted,
+   * whoever owns it (default 60000; at least twice heartbeatIntervalMs).
+   */
+  staleAfterMs?: number | undefined;
+  /** The deadline of a write made without a signal of its own, and the cap of one with (default 10000). */
+  writeTimeoutMs?: number | undefined;
+  /** The window of `stats`: runs created within it (default 7 days). */
+  statsWindowMs?: number | undefined;
+}
+
+/** The PostgreSQL RunStore, with the crash recovery the sweeper drives. */
+export interface PostgresRunStore extends RunStore {
+  readonly owner: string;
+  readonly heartbeatIntervalMs: number;
+  readonly staleAfterMs: number;
+  /**
+   * Marks interrupted the runs this owner left `running` that this store is not running: those of a
+   * previous process with the same owner. Returns their ids. Call it at start, before taking runs.
+   */
+  recoverOwnRuns(signal: AbortSignal): Promise<string[]>;
+  /** Refreshes heartbeat_at of the runs this store is running, in one statement. Returns how many. */
+  heartbeat(signal: AbortSignal): Promise<number>;
+  /** Marks interrupted the running runs, of any owner, whose heartbeat is older than staleAfterMs. Returns their ids. */
+  sweepStale(signal: AbortSignal): Promise<string[]>;
+}
+
+const statusNames = new Map<AgentStatus, string>([
+  [AgentStatus.AGENT_STATUS_QUEUED, "queued"],
+  [AgentStatus.AGENT_STATUS_RUNNING, "running"],
+  [AgentStatus.AGENT_STATUS_SUCCEEDED, "succeeded"],
+  [AgentStatus.AGENT_STATUS_FAILED, "failed"],
+  [AgentStatus.AGENT_STATUS_CANCELLED, "cancelled"],
+  [AgentStatus.AGENT_STATUS_INTERRUPTED, "interrupted"],
+]);
+const statusesByName = new Map([...statusNames].map(([status, name]) => [name, status]));
+
+/** The proto status of a status column. */
+export function agentStatusOf(name: string): AgentStatus {
+  return statusesByName.get(name) ?? AgentStatus.UNRECOGNIZED;
+}
+
+const finalStatuses = new Set([
+  AgentStatus.AGENT_STATUS_SUCCEEDED,
+  AgentStatus.AGENT_STATUS_FAILED,
+  AgentStatus.AGENT_STATUS_CANCELLED,
+  AgentStatus.AGENT_STATUS_INTERRUPTED,
+]);
+
+/** True for the statuses a run ends in. */
+export function isFinalStatus(status: AgentStatus): boolean {
+  return finalStatuses.has(status);
+}
+
+interface ExecutionRow {
+  id: string;
+  agent_type: string;
+  parent_run_id: string | null;
+  status: string;
+  stop_reason: string;
+  response: string;
+  iterations: number;
+  prompt_tokens: string;
+  completion_tokens: string;
+  total_tokens: string;
+  cached_prompt_tokens: string;
+  created_at: Date;
+  finished_at: Date | null;
+}
+
+interface ToolCallRow {
+  id: string;
+  execution_id: string;
+  iteration: number;
+  tool_name: string;
+  arguments_json: string;
+  result_json: string;
+  arguments_truncated: boolean;
+  result_truncated: boolean;
+  success: boolean;
+  duration_ms: number;
+  started_at: Date;
+  finished_at: Date;
+}
+
+interface StatsRow {
+  agent_type: string;
+  runs: string;
+  succeeded: string;
+  failed: string;
+  cancelled: string;
+  mean_iterations: number | null;
+  latency_p50_ms: number | null;
+  latency_p95_ms: number | null;
+  prompt_tokens: string;
+  completion_tokens: string;
+  tool_calls: string;
+  tool_errors: string;
+}
+
+/**
+ * Run records in PostgreSQL (`agent_executions`, `tool_calls`), the record of truth of GetAgent and
+ * GetAgentStats.
+ *
+ * - Every write is one statement the caller awaits; a run the caller saw finish is in the table.
+ * - `finished` is idempotent and only moves a run out of `queued`/`running`, so that a late or
+ *   repeated write never clobbers an outcome. One exception: a real outcome replaces `interrupted`,
+ *   which another replica's sweep only presumed (this replica was cut off from the database for
+ *   longer than staleAfterMs, its run went on); the reverse never happens.
+ * - The store knows which runs it is running (started, not yet finished): `heartbeat` keeps those
+ *   alive, and only those, so that a run whose `finished` write failed is swept like an orphan
+ *   instead of being kept `running` for as long as this replica lives.
+ * - Tool-call arguments and results are capped at 64 KiB each (maxStoredToolJsonBytes): the prefix
+ *   is kept, a marker appended and the *_truncated column set; the full size is kept in *_bytes.
+ * - NUL characters, which PostgreSQL text cannot hold, are stored as U+FFFD.
+ */
+export function createPostgresRunStore(options: PostgresRunStoreOptions): PostgresRunStore {
+  const { pool, owner, logger } = options;
+  const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 10_000;
+  const staleAfterMs = options.staleAfterMs ?? 60_000;
+  const writeTimeoutMs = options.writeTimeoutMs ?? 10_000;
+  const statsWindowMs = options.statsWindowMs ?? 7 * 24 * 3_600_000;
+  if (owner.trim() === "") throw new Error("createPostgresRunStore: owner must not be empty");
+  if (!(heartbeatIntervalMs > 0)) throw new Error(`createPostgresRunStore: heartbeatIntervalMs must be positive (got ${heartbeatIntervalMs})`);
+  // A sweep must never catch a live run between two heartbeats, nor one heartbeat that was late.
+  if (!(staleAfterMs >= 2 * heartbeatIntervalMs)) {
+    throw new Error(`createPostgresRunStore: staleAfterMs (${staleAfterMs}) must be at least twice heartbeatIntervalMs (${heartbeatIntervalMs})`);
+  }
+
+  /** Runs started by this store and not yet finished. */
+  const live = new Set<string>();
+  const inFlight = new Set<Promise<unknown>>();
+  let closed = false;
+  let closing: Promise<void> | undefined;
+
+  /** Runs a write with a deadline, tracked so that close() waits for it. */
+  async function write<T>(what: string, signal: AbortSignal | undefined, work: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    if (closed) throw new Error(`the run store is closed: cannot record ${what}`);
+    const timeout = AbortSignal.timeout(writeTimeoutMs);
+    const linked = signal === undefined ? { signal: timeout, dispose: () => {} } : linkSignals(signal, timeout);
+    const running = work(linked.signal);
+    inFlight.add(running);
+    try {
+      return await running;
+    } finally {
+      inFlight.delete(running);
+      linked.dispose();
+    }
+  }
+
+  async function interrupt(where: string, values: unknown[], signal: AbortSignal): Promise<Array<{ id: string; owner: string }>> {
+    const { rows } = await queryWithSignal<{ id: string; owner: string }>(
+      pool,
+      `UPDATE agent_executions
+       SET status = 'interrupted', stop_reason = $1, finished_at = now()
+       WHERE status = 'running' AND ${where}
+       RETURNING id, owner`,
+      [interruptedStopReason, ...values],
+      signal,
+    );
+    return rows;
+  }
+
+  return {
+    owner,
+    heartbeatIntervalMs,
+    staleAfterMs,
+
+    started(run, signal) {
+      return write(`the start of run ${run.runId}`, signal, async (bounded) => {
+        // ON CONFLICT: a retried write of the same start changes nothing.
+        await queryWithSignal(
+          pool,
+          `INSERT INTO agent_executions
+             (id, agent_type, parent_run_id, user_id, instruction, workspace_id, model, status, owner, created_at, started_at, heartbeat_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8, $9, $9, now())
+           ON CONFLICT (id) DO NOTHING`,
+          [
+            run.runId,
+            run.agentType,
+            run.parentRunId === "" ? null : run.parentRunId,
+            storable(run.userId),
+            storable(run.instruction),
+            run.workspaceId,
+            run.model,
+            owner,
+            run.startedAt.toISOString(),
+          ],
+          bounded,
+        );
+        live.add(run.runId);
+      });
+    },
+
+    progressed(runId, iterations, usage, signal) {
+      return write(`the progress of run ${runId}`, signal, async (bounded) => {
+        const tokens = usageColumns(usage);
+        await queryWithSignal(
+          pool,
+          `UPDATE agent_executions
+           SET iterations = $2,
+               prompt_tokens = coalesce($3, prompt_tokens), completion_tokens = coalesce($4, completion_tokens),
+               total_tokens = coalesce($5, total_tokens), cached_prompt_tokens = coalesce($6, cached_prompt_tokens),
+               heartbeat_at = now()
+           WHERE id = $1 AND status = 'running'`,
+          [runId, count(iterations), ...tokens],
+          bounded,
+        );
+      });
+    },
+
+    toolCalled(call, signal) {
+      return write(`tool call ${call.id} of run ${call.runId}`, signal, async (bounded) => {
+        const args = capped(call.argumentsJson);
+        const result = capped(call.resultJson);
+        const inserted = await queryWithSignal(
+          pool,
+          `INSERT INTO tool_calls
+             (execution_id, id, iteration, tool_name, arguments_json, result_json, arguments_bytes, result_bytes,
+              arguments_truncated, result_truncated, success, duration_ms, started_at, finished_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+           ON CONFLICT (execution_id, id) DO NOTHING`,
+          [
+            call.runId,
+            call.id,
+            count(call.iteration),
+            call.toolName,
+            args.text,
+            result.text,
+            args.bytes,
+            result.bytes,
+            args.truncated,
+            result.truncated,
+            call.success,
+            count(call.durationMs),
+            call.startedAt.toISOString(),
+            call.finishedAt.toISOString(),
+          ],
+          bounded,
+        );
+        if (inserted.rowCount === 0) {
+          // A retried write, or a loop that reused an id within the run: the first record stays.
+          logger.warn({ run_id: call.runId, tool_call_id: call.id, iteration: call.iteration }, "a tool call with this id was already recorded for the run; kept the first record");
+        }
+      });
+    },
+
+    finished(run, signal) {
+      const status = statusNames.get(run.status);
+      if (status === undefined || !isFinalStatus(run.status)) {
+        return Promise.reject(new Error(`finished: run ${run.runId}: ${AgentStatus[run.status] ?? run.status} is not a status a run ends in`));
+      }
+      return write(`the end of run ${run.runId}`, signal, async (bounded) => {
+        try {
+          const updated = await queryWithSignal(
+            pool,
+            `UPDATE agent_executions
+             SET status = $2, stop_reason = $3, response = $4, error = $5, iterations = $6,
+                 prompt_tokens = coalesce($7, prompt_tokens), completion_tokens = coalesce($8, completion_tokens),
+                 total_tokens = coalesce($9, total_tokens), cached_prompt_tokens = coalesce($10, cached_prompt_tokens),
+                 finished_at = $11,
+                 duration_ms = greatest(0, round(extract(epoch FROM ($11::timestamptz - coalesce(started_at, created_at))) * 1000))::bigint
+             WHERE id = $1
+               AND (status IN ('queued', 'running') OR (status = 'interrupted' AND $2 <> 'interrupted'))`,
+            [
+              run.runId,
+              status,
+              storable(run.stopReason),
+              storable(run.response),
+              storable(run.error),
+              count(run.iterations),
+              ...usageColumns(run.usage),
+              run.finishedAt.toISOString(),
+            ],
+            bounded,
+          );
+          if (updated.rowCount === 0) {
+            const existing = await queryWithSignal<{ status: string }>(pool, "SELECT status FROM agent_executions WHERE id = $1", [run.runId], bounded);
+            const current = existing.rows[0]?.status;
+            if (current === undefined) logger.warn({ run_id: run.runId, status }, "the end of a run that was never recorded as started; nothing recorded");
+            else logger.debug({ run_id: run.runId, status, recorded_status: current }, "run already finished; its record is kept");
+          }
+        } finally {
+          // Even when the write failed: this process is done with the run, so it must stop
+          // beating for it and let the sweep interrupt it if the record still says running.
+          live.delete(run.runId);
+        }
+      });
+    },
+
+    async get(runId, signal) {
+      const { rows } = await queryWithSignal<ExecutionRow>(
+        pool,
+        `SELECT id, agent_type, parent_run_id, status, stop_reason, response, iterations,
+                prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens, created_at, finished_at
+         FROM agent_executions WHERE id = $1`,
+        [runId],
+        signal,
+      );
+      const row = rows[0];
+      return row === undefined ? undefined : toAgentRun(row);
+    },
+
+    async listToolCalls(runId, signal) {
+      const { rows } = await queryWithSignal<ToolCallRow>(
+        pool,
+        `SELECT execution_id, id, iteration, tool_name, arguments_json, result_json, arguments_truncated, result_truncated,
+                success, duration_ms, started_at, finished_at
+         FROM tool_calls WHERE execution_id = $1
+         ORDER BY iteration, started_at, id`,
+        [runId],
+        signal,
+      );
+      return rows.map(
+        (row): ToolCallRecord => ({
+          id: row.id,
+          runId: row.execution_id,
+          iteration: row.iteration,
+          toolName: row.tool_name,
+          argumentsJson: row.arguments_json,
+          resultJson: row.result_json,
+          argumentsTruncated: row.arguments_truncated,
+          resultTruncated: row.result_truncated,
+          success: row.success,
+          durationMs: row.duration_ms,
+          startedAt: row.started_at,
+          finishedAt: row.finished_at,
+        }),
+      );
+    },
+
+    async stats(agentType, signal) {
+      // Latency and mean iterations cover the runs that ended through the loop (duration_ms set):
+      // an interrupted run has no duration, and a running one no result yet. Counts cover every
+      // run created in the window; tool calls are those of these runs.
+      const { rows } = await queryWithSignal<StatsRow>(
+        pool,
+        `WITH runs AS (
+           SELECT id, agent_type, status, iterations, prompt_tokens, completion_tokens, duration_ms
+           FROM agent_executions
+           WHERE ($1::text IS NULL OR agent_type = $1) AND created_at >= now() - $2::double precision * interval '1 millisecond'
+         ), tools AS (
+           SELECT runs.agent_type, count(*) AS tool_calls, count(*) FILTER (WHERE NOT tool_calls.success) AS tool_errors
+           FROM tool_calls JOIN runs ON runs.id = tool_calls.execution_id
+           GROUP BY runs.agent_type
+         )
+         SELECT runs.agent_type,
+                count(*) AS runs,
+                count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                count(*) FILTER (WHERE status = 'failed') AS failed,
+                count(*) FILTER (WHERE status = 'cancelled') AS cancelled,
+                avg(iterations) FILTER (WHERE duration_ms IS NOT NULL)::double precision AS mean_iterations,
+                percentile_cont(0.5) WITHIN GROUP (ORDER BY duration_ms) AS latency_p50_ms,
+                percentile_cont(0.95) WITHIN GROUP (ORDER BY duration_ms) AS latency_p95_ms,
+                sum(prompt_tokens) AS prompt_tokens,
+                sum(completion_tokens) AS completion_tokens,
+                coalesce(max(tools.tool_calls), 0) AS tool_calls,
+                coalesce(max(tools.tool_errors), 0) AS tool_errors
+         FROM runs LEFT JOIN tools ON tools.agent_type = runs.agent_type
+         GROUP BY runs.agent_type
+         ORDER BY runs.agent_type`,
+        [agentType ?? null, statsWindowMs],
+        signal,
+      );
+      const stats = rows.map(toAgentTypeStats);
+      // One agent type asked for: an entry even when it has not run (yet).
+      if (agentType !== undefined && stats.length === 0) stats.push(toAgentTypeStats(emptyStats(agentType)));
+      return stats;
+    },
+
+    recoverOwnRuns(signal) {
+      return write("the recovery of this owner's runs", signal, async (bounded) => {
+        const rows = await interrupt("owner = $2 AND NOT (id = ANY($3::text[]))", [owner, [...live]], bounded);
+        if (rows.length > 0) logger.warn({ owner, run_ids: rows.map((row) => row.id) }, "marked interrupted the runs this replica left running when it stopped");
+        return rows.map((row) => row.id);
+      });
+    },
+
+    async heartbeat(signal) {
+      if (closed || live.size === 0) return 0;
+      return write("a heartbeat", signal, async (bounded) => {
+        const updated = await queryWithSignal(
+          pool,
+          "UPDATE agent_executions SET heartbeat_at = now() WHERE id = ANY($1::text[]) AND status = 'running'",
+          [[...live]],
+          bounded,
+        );
+        return updated.rowCount ?? 0;
+      });
+    },
+
+    async sweepStale(signal) {
+      if (closed) return [];
+      return write("the sweep of orphaned runs", signal, async (bounded) => {
+        // This store's own runs are alive whatever their heartbeat says (an event loop that stalled).
+        const rows = await interrupt(
+          "heartbeat_at < now() - $2::double precision * interval '1 millisecond' AND NOT (id = ANY($3::text[]))",
+          [staleAfterMs, [...live]],
+          bounded,
+        );
+        if (rows.length > 0) {
+          logger.warn({ runs: rows.map((row) => ({ run_id: row.id, owner: row.owner })), stale_after_ms: staleAfterMs }, "marked interrupted the running runs whose replica stopped sending heartbeats");
+        }
+        return rows.map((row) => row.id);
+      });
+    },
+
+    close() {
+      closing ??= (async () => {
+        closed = true;
+        await Promise.allSettled([...inFlight]);
+        if (live.size === 0) return;
+        // A graceful stop with runs still going: they will not end here, so say so now rather than
+        // at this replica's next start or a sweep a minute from now. A run that still manages to
+        // record its end replaces this (see finished).
+        const ids = [...live];
+        live.clear();
+        try {
+          await interrupt("id = ANY($2::text[])", [ids], AbortSignal.timeout(writeTimeoutMs));
+          logger.warn({ run_ids: ids }, "the run store closed while runs were going on; marked them interrupted");
+        } catch (error: unknown) {
+          logger.error({ err: error, run_ids: ids }, "could not mark the runs still going at shutdown interrupted; the sweep will");
+        }
+      })();
+      return closing;
+    },
+  };
+}
+
+function toAgentRun(row: ExecutionRow): AgentRun {
+  return {
+    runId: row.id,
+    agentType: row.agent_type,
+    status: agentStatusOf(row.status),
+    stopReason: row.stop_reason,
+    iterations: row.iterations,
+    response: row.response,
+    // pg returns bigint as text; token counts stay far below 2^53 (and the proto's are uint32).
+    usage: {
+      promptTokens: Number(row.prompt_tokens),
+      completionTokens: Number(row.completion_tokens),
+      totalTokens: Number(row.total_tokens),
+      cachedPromptTokens: Number(row.cached_prompt_tokens),
+    },
+    parentRunId: row.parent_run_id ?? "",
+    createdAt: row.created_at,
+    finishedAt: row.finished_at ?? undefined,
+  };
+}
+
+function emptyStats(agentType: string): StatsRow {
+  return {
+    agent_type: agentType,
+    runs: "0",
+    succeeded: "0",
+    failed: "0",
+    cancelled: "0",
+    mean_iterations: null,
+    latency_p50_ms: null,
+    latency_p95_ms: null,
+    prompt_tokens: "0",
+    completion_tokens: "0",
+    tool_calls: "0",
+    tool_errors: "0",
+  };
+}
+
+function toAgentTypeStats(row: StatsRow): AgentTypeStats {
+  const toolCalls = Number(row.tool_calls);
+  return {
+    agentType: row.agent_type,
+    runs: Number(row.runs),
+    succeeded: Number(row.succeeded),
+    failed: Number(row.failed),
+    cancelled: Number(row.cancelled),
+    meanIterations: row.mean_iterations ?? 0,
+    latencyP50Ms: row.latency_p50_ms ?? 0,
+    latencyP95Ms: row.latency_p95_ms ?? 0,
+    promptTokens: Number(row.prompt_tokens),
+    completionTokens: Number(row.completion_tokens),
+    toolCalls,
+    toolErrorRate: toolCalls === 0 ? 0 : Number(row.tool_errors) / toolCalls,
+  };
+}
+
+/** The four token columns, or nulls (keep what progressed recorded) when the loop has no usage. */
+function usageColumns(usage: Usage | undefined): Array<number | null> {
+  if (usage === undefined) return [null, null, null, null];
+  return [count(usage.promptTokens), count(usage.completionTokens), count(usage.totalTokens), count(usage.cachedPromptTokens)];
+}
+
+/** A non-negative integer: what a worker or a clock reports may be missing, negative or fractional. */
+function count(value: number): number {
+  return Number.isFinite(value) && value > 0 ? Math.round(value) : 0;
+}
+
+/** PostgreSQL text cannot hold NUL; a tool's output or a model's arguments may. */
+function storable(text: string): string {
+  return text.includes("\u0000") ? text.replaceAll("\u0000", "\uFFFD") : text;
+}
+
+/** The text as stored: at most maxStoredToolJsonBytes of UTF-8, marker included. */
+export function capped(text: string): { text: string; bytes: number; truncated: boolean } {
+  const clean = storable(text);
+  const bytes = Buffer.byteLength(clean, "utf8");
+  if (bytes <= maxStoredToolJsonBytes) return { text: clean, bytes, truncated: false };
+  const marker = `…[truncated by the run store: ${bytes} bytes in all]`;
+  const room = maxStoredToolJsonBytes - Buffer.byteLength(marker, "utf8");
+  // Cutting inside a multi-byte character leaves a replacement character at the end: drop it.
+  let kept = Buffer.from(clean, "utf8").subarray(0, room).toString("utf8");
+  if (kept.endsWith("\uFFFD")) kept = kept.slice(0, -1);
+  return { text: kept + marker, bytes, truncated: true };
+}
