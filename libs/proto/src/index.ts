@@ -48,6 +48,7 @@ export {
   GetAgentStatsRequest,
   AgentTypeStats,
   GetAgentStatsResponse,
+  AdmissionState,
   AgentServiceDefinition,
   type AgentServiceImplementation,
   type AgentServiceClient,

@@ -1,52 +1,130 @@
 import { randomUUID } from "node:crypto";
-import { AgentServiceDefinition, withEncodedResponses } from "@vlinders/proto";
+import { AgentServiceDefinition, withEncodedResponses, type RunAgentRequest } from "@vlinders/proto";
+import { linkSignals } from "@vlinders/service-runtime";
 import type { ServiceImplementation } from "nice-grpc";
 import { ServerError, Status } from "nice-grpc-common";
+import type { AdmissionController } from "./admission/admission-controller";
+import type { AgentRunner, RunOutcome } from "./agents/agent-loop";
+import { agentTypeInfo, type AgentTypeCatalog } from "./agents/agent-types";
 import { runChatAgent, type ChatAgentDependencies } from "./agents/chat-agent";
+import { streamRun } from "./agents/event-stream";
+import type { ActiveRuns, RunCanceller } from "./runs/active-runs";
+import type { RunStore } from "./runs/run-records";
 
-export type AgentServiceDependencies = ChatAgentDependencies;
+export interface AgentServiceDependencies extends ChatAgentDependencies {
+  runner: AgentRunner;
+  catalog: AgentTypeCatalog;
+  store: RunStore;
+  activeRuns: ActiveRuns;
+  canceller: RunCanceller;
+  admission: AdmissionController;
+}
 
 /** AgentService with StreamAgent's events yielded encoded (same wire format). */
 export const OrchestratorAgentServiceDefinition = withEncodedResponses(AgentServiceDefinition, "streamAgent");
 
-/** Agent types of configs/agents.yaml whose loop is not built yet (the tool-calling loop issue). */
-const plannedAgentTypes = new Set(["plan", "explore", "edit"]);
+const runIdPattern = /^[0-9a-f-]{36}$/;
+
+function requireRunId(runId: string): void {
+  if (runId === "") throw new ServerError(Status.INVALID_ARGUMENT, "run_id: is required");
+  if (!runIdPattern.test(runId)) throw new ServerError(Status.INVALID_ARGUMENT, `run_id: ${JSON.stringify(runId.slice(0, 80))} is not a run id`);
+}
 
 /**
- * AgentService. Only the `chat` agent runs so far, through StreamAgent; RunAgent, GetAgent and
- * CancelAgent need run records and answer UNIMPLEMENTED until they exist.
+ * AgentService. `chat` is a relay of one model call (the public Chat's path): it is neither queued
+ * nor recorded, so that a chat pays no database round trip before its first token. Every other
+ * agent type is admitted (fair queue), registered for CancelAgent, run by the agent loop and
+ * recorded in PostgreSQL.
  */
 export function createAgentService(deps: AgentServiceDependencies): ServiceImplementation<typeof OrchestratorAgentServiceDefinition> {
+  /**
+   * Starts an admitted, registered run: a slot from admission (checked first: a bad request must
+   * not wait for a slot to be told so), a run id CancelAgent can reach, and one signal from the call
+   * (cancel, deadline, shutdown) and CancelAgent. `end` gives all of it back.
+   */
+  async function startRun(request: RunAgentRequest, callSignal: AbortSignal): Promise<{ runId: string; signal: AbortSignal; end(): void }> {
+    deps.catalog.require(request.agentType);
+    const ticket = await deps.admission.admit(request.userId, callSignal);
+    const runId = randomUUID();
+    const cancel = new AbortController();
+    const unregister = deps.activeRuns.register(runId, cancel);
+    const { signal, dispose } = linkSignals(callSignal, cancel.signal);
+    return {
+      runId,
+      signal,
+      end() {
+        dispose();
+        unregister();
+        ticket.release();
+      },
+    };
+  }
+
   return {
     async *streamAgent(request, context) {
-      if (request.agentType === "") throw new ServerError(Status.INVALID_ARGUMENT, "agent_type: is required (e.g. \"chat\")");
-      if (plannedAgentTypes.has(request.agentType)) {
-        throw new ServerError(Status.UNIMPLEMENTED, `agent_type: "${request.agentType}" agents are not implemented yet; "chat" is`);
+      if (request.agentType === "") throw new ServerError(Status.INVALID_ARGUMENT, 'agent_type: is required (e.g. "chat", "explore")');
+      if (request.agentType === "chat") {
+        yield* runChatAgent(request, randomUUID(), deps, context.signal);
+        return;
       }
-      if (request.agentType !== "chat") {
-        throw new ServerError(Status.INVALID_ARGUMENT, `agent_type: unknown agent type "${request.agentType}" (known: chat, plan, explore, edit)`);
+      const run = await startRun(request, context.signal);
+      try {
+        yield* streamRun((emit) => deps.runner.run(request, { runId: run.runId, parentRunId: "", depth: 0, signal: run.signal, emit }));
+      } finally {
+        run.end();
       }
-      yield* runChatAgent(request, randomUUID(), deps, context.signal);
     },
 
-    async runAgent() {
-      throw new ServerError(Status.UNIMPLEMENTED, "RunAgent is not implemented yet; use StreamAgent with agent_type \"chat\"");
+    async runAgent(request, context) {
+      if (request.agentType === "") throw new ServerError(Status.INVALID_ARGUMENT, 'agent_type: is required (e.g. "chat", "explore")');
+      const run = await startRun(request, context.signal);
+      try {
+        const { error: _error, ...response }: RunOutcome = await deps.runner.run(request, {
+          runId: run.runId,
+          parentRunId: "",
+          depth: 0,
+          signal: run.signal,
+          emit: () => {},
+        });
+        return response;
+      } finally {
+        run.end();
+      }
     },
 
-    async getAgent() {
-      throw new ServerError(Status.UNIMPLEMENTED, "GetAgent is not implemented yet: runs are not recorded yet");
+    async getAgent(request, context) {
+      requireRunId(request.runId);
+      const run = await deps.store.get(request.runId, context.signal);
+      if (!run) throw new ServerError(Status.NOT_FOUND, `run_id: no run ${request.runId}`);
+      return run;
     },
 
-    async cancelAgent() {
-      throw new ServerError(Status.UNIMPLEMENTED, "CancelAgent is not implemented yet; cancel the StreamAgent call instead");
+    async cancelAgent(request, context) {
+      requireRunId(request.runId);
+      const status = await deps.canceller.cancel(request.runId, request.reason || "cancelled by CancelAgent", context.signal);
+      return { status };
     },
 
-    async listAgentTypes() {
-      throw new ServerError(Status.UNIMPLEMENTED, "ListAgentTypes is not implemented yet");
+    async listAgentTypes(_request, context) {
+      const agentTypes = await Promise.all(
+        deps.catalog.list().map(async (agentType) => agentTypeInfo(agentType, await deps.runner.allowedToolNames(agentType.name, context.signal))),
+      );
+      return { agentTypes };
     },
 
-    async getAgentStats() {
-      throw new ServerError(Status.UNIMPLEMENTED, "GetAgentStats is not implemented yet: runs are not recorded yet");
+    async getAgentStats(request, context) {
+      if (request.agentType !== "") deps.catalog.require(request.agentType);
+      const stats = await deps.store.stats(request.agentType === "" ? undefined : request.agentType, context.signal);
+      const admission = deps.admission.stats();
+      return {
+        stats,
+        admission: {
+          activeRuns: admission.active,
+          queuedRuns: admission.queued,
+          maxConcurrentRuns: admission.maxConcurrentRuns,
+          maxQueuedRuns: admission.maxQueuedRuns,
+        },
+      };
     },
   };
 }

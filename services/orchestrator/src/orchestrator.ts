@@ -1,4 +1,6 @@
-
+import { openDatabase, runMigrations } from "@vlinders/database";
+import { ToolServiceDefinition } from "@vlinders/proto";
+import { createRedisConnection } from "@vlinders/redis";
 import {
   createInternalChannel,
   createInternalClient,
@@ -6,19 +8,93 @@ import {
   type ServiceHost,
   type ServiceRuntime,
 } from "@vlinders/service-runtime";
+import { createAdmissionController } from "./admission/admission-controller";
 import { createAgentService, OrchestratorAgentServiceDefinition } from "./agent-service";
+import { createAgentRunner } from "./agents/agent-loop";
+import { loadAgentTypeCatalog, type AgentTypeCatalog } from "./agents/agent-types";
 import { RelayInferenceServiceDefinition } from "./agents/chat-agent";
 import type { OrchestratorConfig } from "./config";
+import { createHookRegistry, createHookRunner } from "./hooks/hook-runner";
+import { createPluginToolRegistry } from "./plugins/plugin-tools";
+import { createActiveRuns, createRunCanceller } from "./runs/active-runs";
+import { orchestratorMigrations, orchestratorMigrationScope } from "./runs/migrations";
+import { createPostgresRunStore } from "./runs/postgres-run-store";
+import { startRunSweeper } from "./runs/run-sweeper";
 
-/** Composes the orchestrator: a client of the inference-broker and the AgentService. */
-export function createOrchestrator(config: OrchestratorConfig, runtime: ServiceRuntime): ServiceHost {
-  const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
-  const inference = createInternalClient(RelayInferenceServiceDefinition, brokerChannel, {
-    internalSecret: runtime.internalSecret,
-    defaultDeadlineMs: config.MODEL_CALL_DEADLINE_MS,
+/** The composed orchestrator: its host, and the catalog that SIGHUP reloads. */
+export interface Orchestrator {
+  host: ServiceHost;
+  catalog: AgentTypeCatalog;
+}
+
+/**
+ * Composes the orchestrator: the agent types (configs/agents.yaml, checked before anything
+ * starts), clients of the inference-broker and the tool-runner, the run records (PostgreSQL, or an
+ * in-process PGlite) with the sweep of runs a crash left running, admission, cancel (across
+ * replicas through Redis when it is configured), and the AgentService.
+ */
+export async function createOrchestrator(config: OrchestratorConfig, runtime: ServiceRuntime): Promise<Orchestrator> {
+  const { logger } = runtime;
+  const catalog = await loadAgentTypeCatalog(config.AGENTS_CONFIG, { logger });
+
+  const database = await openDatabase({
+    url: config.DATABASE_URL,
+    logger,
+    service: runtime.service,
+    poolSize: config.DATABASE_POOL_SIZE,
+    pgliteDataDir: config.PGLITE_DATA_DIR,
+    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
   });
+  await runMigrations(database.pool, { scope: orchestratorMigrationScope, migrations: orchestratorMigrations });
+  const store = createPostgresRunStore({ pool: database.pool, owner: config.ORCHESTRATOR_REPLICA_ID, logger });
+  const sweeper = await startRunSweeper({ store, logger });
+  if (sweeper.recovered.length > 0) logger.warn({ runs: sweeper.recovered }, "runs this replica left running before it stopped are marked interrupted");
+
+  const redisConnection = config.REDIS_URL === undefined ? undefined : createRedisConnection(config.REDIS_URL, { logger, name: "orchestrator" });
+  if (redisConnection && !(await redisConnection.ready(2_000))) logger.warn("Redis is not reachable yet: CancelAgent reaches only this replica's runs until it is");
+  const activeRuns = createActiveRuns();
+  const canceller = await createRunCanceller({ activeRuns, store, logger, ...(redisConnection ? { redis: redisConnection.redis } : {}) });
+
+  const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
+  const toolRunnerChannel = createInternalChannel(config.TOOL_RUNNER_ADDRESS);
+  const clientOptions = { internalSecret: runtime.internalSecret, defaultDeadlineMs: config.MODEL_CALL_DEADLINE_MS };
+  const inference = createInternalClient(RelayInferenceServiceDefinition, brokerChannel, clientOptions);
+  const runner = createAgentRunner({
+    inference,
+    tools: createInternalClient(ToolServiceDefinition, toolRunnerChannel, clientOptions),
+    catalog,
+    hooks: createHookRunner({ registry: createHookRegistry(), logger }),
+    pluginTools: createPluginToolRegistry(),
+    recorder: store,
+    logger,
+  });
+
   const host = createServiceHost(runtime);
-  host.add(OrchestratorAgentServiceDefinition, createAgentService({ inference }));
-  host.onShutdown(() => brokerChannel.close());
-  return host;
+  host.add(
+    OrchestratorAgentServiceDefinition,
+    createAgentService({
+      inference,
+      runner,
+      catalog,
+      store,
+      activeRuns,
+      canceller,
+      admission: createAdmissionController({
+        maxConcurrentRuns: config.MAX_CONCURRENT_RUNS,
+        maxQueuedRuns: config.MAX_QUEUED_RUNS,
+        queueTimeoutMs: config.ADMISSION_QUEUE_TIMEOUT_MS,
+        registry: runtime.metricsRegistry,
+      }),
+    }),
+  );
+  host.onShutdown(async () => {
+    brokerChannel.close();
+    toolRunnerChannel.close();
+    await sweeper.stop();
+    await canceller.close();
+    await store.close();
+    await redisConnection?.close();
+    await database.close();
+  });
+  return { host, catalog };
 }

@@ -249,6 +249,15 @@ export interface AgentTypeStats {
 
 export interface GetAgentStatsResponse {
   stats: AgentTypeStats[];
+  /** This replica's admission right now. */
+  admission: AdmissionState | undefined;
+}
+
+export interface AdmissionState {
+  activeRuns: number;
+  queuedRuns: number;
+  maxConcurrentRuns: number;
+  maxQueuedRuns: number;
 }
 
 function createBaseRunAgentRequest(): RunAgentRequest {
@@ -2881,13 +2890,16 @@ export const AgentTypeStats: MessageFns<AgentTypeStats> = {
 };
 
 function createBaseGetAgentStatsResponse(): GetAgentStatsResponse {
-  return { stats: [] };
+  return { stats: [], admission: undefined };
 }
 
 export const GetAgentStatsResponse: MessageFns<GetAgentStatsResponse> = {
   encode(message: GetAgentStatsResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
     for (const v of message.stats) {
       AgentTypeStats.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.admission !== undefined) {
+      AdmissionState.encode(message.admission, writer.uint32(18).fork()).join();
     }
     return writer;
   },
@@ -2913,6 +2925,14 @@ export const GetAgentStatsResponse: MessageFns<GetAgentStatsResponse> = {
             message.stats.push(AgentTypeStats.decode(reader, reader.uint32()));
             continue;
           }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.admission = AdmissionState.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2928,6 +2948,7 @@ export const GetAgentStatsResponse: MessageFns<GetAgentStatsResponse> = {
   fromJSON(object: any): GetAgentStatsResponse {
     return {
       stats: globalThis.Array.isArray(object?.stats) ? object.stats.map((e: any) => AgentTypeStats.fromJSON(e)) : [],
+      admission: isSet(object.admission) ? AdmissionState.fromJSON(object.admission) : undefined,
     };
   },
 
@@ -2935,6 +2956,9 @@ export const GetAgentStatsResponse: MessageFns<GetAgentStatsResponse> = {
     const obj: any = {};
     if (message.stats?.length) {
       obj.stats = message.stats.map((e) => AgentTypeStats.toJSON(e));
+    }
+    if (message.admission !== undefined) {
+      obj.admission = AdmissionState.toJSON(message.admission);
     }
     return obj;
   },
@@ -2945,6 +2969,142 @@ export const GetAgentStatsResponse: MessageFns<GetAgentStatsResponse> = {
   fromPartial(object: DeepPartial<GetAgentStatsResponse>): GetAgentStatsResponse {
     const message = createBaseGetAgentStatsResponse();
     message.stats = object.stats?.map((e) => AgentTypeStats.fromPartial(e)) || [];
+    message.admission = (object.admission !== undefined && object.admission !== null)
+      ? AdmissionState.fromPartial(object.admission)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseAdmissionState(): AdmissionState {
+  return { activeRuns: 0, queuedRuns: 0, maxConcurrentRuns: 0, maxQueuedRuns: 0 };
+}
+
+export const AdmissionState: MessageFns<AdmissionState> = {
+  encode(message: AdmissionState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.activeRuns !== 0) {
+      writer.uint32(8).uint32(message.activeRuns);
+    }
+    if (message.queuedRuns !== 0) {
+      writer.uint32(16).uint32(message.queuedRuns);
+    }
+    if (message.maxConcurrentRuns !== 0) {
+      writer.uint32(24).uint32(message.maxConcurrentRuns);
+    }
+    if (message.maxQueuedRuns !== 0) {
+      writer.uint32(32).uint32(message.maxQueuedRuns);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): AdmissionState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseAdmissionState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.activeRuns = reader.uint32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.queuedRuns = reader.uint32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.maxConcurrentRuns = reader.uint32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.maxQueuedRuns = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): AdmissionState {
+    return {
+      activeRuns: isSet(object.activeRuns)
+        ? globalThis.Number(object.activeRuns)
+        : isSet(object.active_runs)
+        ? globalThis.Number(object.active_runs)
+        : 0,
+      queuedRuns: isSet(object.queuedRuns)
+        ? globalThis.Number(object.queuedRuns)
+        : isSet(object.queued_runs)
+        ? globalThis.Number(object.queued_runs)
+        : 0,
+      maxConcurrentRuns: isSet(object.maxConcurrentRuns)
+        ? globalThis.Number(object.maxConcurrentRuns)
+        : isSet(object.max_concurrent_runs)
+        ? globalThis.Number(object.max_concurrent_runs)
+        : 0,
+      maxQueuedRuns: isSet(object.maxQueuedRuns)
+        ? globalThis.Number(object.maxQueuedRuns)
+        : isSet(object.max_queued_runs)
+        ? globalThis.Number(object.max_queued_runs)
+        : 0,
+    };
+  },
+
+  toJSON(message: AdmissionState): unknown {
+    const obj: any = {};
+    if (message.activeRuns !== 0) {
+      obj.activeRuns = Math.round(message.activeRuns);
+    }
+    if (message.queuedRuns !== 0) {
+      obj.queuedRuns = Math.round(message.queuedRuns);
+    }
+    if (message.maxConcurrentRuns !== 0) {
+      obj.maxConcurrentRuns = Math.round(message.maxConcurrentRuns);
+    }
+    if (message.maxQueuedRuns !== 0) {
+      obj.maxQueuedRuns = Math.round(message.maxQueuedRuns);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<AdmissionState>): AdmissionState {
+    return AdmissionState.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<AdmissionState>): AdmissionState {
+    const message = createBaseAdmissionState();
+    message.activeRuns = object.activeRuns ?? 0;
+    message.queuedRuns = object.queuedRuns ?? 0;
+    message.maxConcurrentRuns = object.maxConcurrentRuns ?? 0;
+    message.maxQueuedRuns = object.maxQueuedRuns ?? 0;
     return message;
   },
 };

@@ -1,0 +1,706 @@
+import { randomUUID } from "node:crypto";
+import { validateMessages, validateSampling, validateTools } from "@vlinders/chat-validation";
+import {
+  AgentEvent,
+  AgentStatus,
+  ChatEvent,
+  encodeModelAgentEvent,
+  FinishReason,
+  ToolResult,
+  type ChatMessage,
+  type RunAgentRequest,
+  type RunAgentResponse,
+  type ToolCall,
+  type ToolDefinition,
+  type ToolServiceClient,
+  type Usage,
+} from "@vlinders/proto";
+import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import type { Client } from "nice-grpc";
+import { ServerError, Status } from "nice-grpc-common";
+import type { HookRunner } from "../hooks/hook-runner";
+import type { HookPayload } from "../hooks/hook-types";
+import type { PluginToolRegistry } from "../plugins/plugin-tools";
+import type { RunRecorder } from "../runs/run-records";
+import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
+import type { RelayInferenceServiceDefinition } from "./chat-agent";
+import { createRunBudget, type RunBudget } from "./run-budget";
+import { callSignature, createStuckDetector } from "./stuck-detector";
+
+/** Limits of the runner as a whole (the per-type ones are in agents.yaml). */
+export interface AgentRunnerLimits {
+  /** Deepest nesting of sub-agents: a top-level run is depth 0, its sub-agents depth 1. Default 2. */
+  readonly maxSubagentDepth: number;
+  /** Most tasks one spawn_subagents call may start. Default 8. */
+  readonly maxSubagentTasks: number;
+  /** Deadline of a ListTools call to the tool-runner. Default 10 s. */
+  readonly listToolsDeadlineMs: number;
+  /** Deadline of each write to the RunRecorder. Default 10 s. */
+  readonly recordDeadlineMs: number;
+  /** timeout_ms of each tool call sent to the tool-runner; 0 uses the tool's default. */
+  readonly toolTimeoutMs: number;
+}
+
+export const defaultAgentRunnerLimits: AgentRunnerLimits = {
+  maxSubagentDepth: 2,
+  maxSubagentTasks: 8,
+  listToolsDeadlineMs: 10_000,
+  recordDeadlineMs: 10_000,
+  toolTimeoutMs: 0,
+};
+
+export interface AgentRunnerDependencies {
+  /** The broker, with Chat events left encoded: the model's events are relayed as they came. */
+  readonly inference: Client<typeof RelayInferenceServiceDefinition>;
+  /** The tool-runner. */
+  readonly tools: ToolServiceClient;
+  readonly catalog: AgentTypeCatalog;
+  readonly hooks: HookRunner;
+  /** Tools the orchestrator runs itself; none when unset. */
+  readonly pluginTools?: PluginToolRegistry;
+  readonly recorder: RunRecorder;
+  readonly logger: Logger;
+  readonly limits?: Partial<AgentRunnerLimits>;
+}
+
+export interface RunOptions {
+  readonly runId: string;
+  /** Empty for a top-level run. */
+  readonly parentRunId: string;
+  /** 0 for a top-level run. */
+  readonly depth: number;
+  /** The caller's cancel (and the server's shutdown): aborts the model call and running tools. */
+  readonly signal: AbortSignal;
+  /**
+   * Receives each encoded AgentEvent, in order. Awaited: a slow consumer slows the run down rather
+   * than piling events up. The model's events are the broker's bytes framed, never re-encoded.
+   */
+  emit(event: Uint8Array): void | Promise<void>;
+}
+
+/** How a run ended: RunAgent's answer, plus why it failed when it did. */
+export interface RunOutcome extends RunAgentResponse {
+  /** Empty unless the run failed; never contains secrets. */
+  readonly error: string;
+}
+
+export interface AgentRunner {
+  /**
+   * Runs an agent to the end. Throws ServerError INVALID_ARGUMENT (field named) for a bad request,
+   * before anything is recorded. Cancellation ends it with status CANCELLED ("cancelled"), its
+   * deadline with FAILED ("timeout"): both resolve. A failure of the model call, the tool-runner or
+   * the recorder is recorded (FAILED, "error"), emitted as run_finished and then thrown, so that a
+   * stream ends with the downstream status (e.g. the broker's INVALID_ARGUMENT for a long prompt).
+   */
+  run(request: RunAgentRequest, options: RunOptions): Promise<RunOutcome>;
+  /** The names of the tools an agent type may call (the tool-runner's and the plugins'), for ListAgentTypes. */
+  allowedToolNames(agentTypeName: string, signal: AbortSignal): Promise<string[]>;
+}
+
+/** What the loop needs beyond RunOptions; children get their parent's budget and event sink. */
+interface InternalRunOptions {
+  readonly runId: string;
+  readonly parentRunId: string;
+  readonly depth: number;
+  readonly signal: AbortSignal;
+  readonly send: (event: Uint8Array, isModelEvent: boolean) => Promise<void>;
+  readonly budget: RunBudget | undefined;
+}
+
+/** What the model said in one call. */
+interface ModelTurn {
+  content: string;
+  toolCalls: ToolCall[];
+  finishReason: FinishReason;
+  usage: Usage | undefined;
+}
+
+/** Why the loop stopped; status and stop reason as recorded. */
+interface Stop {
+  readonly status: AgentStatus;
+  readonly stopReason: string;
+  readonly error: string;
+}
+
+const finishStops: Record<FinishReason, Stop> = {
+  [FinishReason.FINISH_REASON_UNSPECIFIED]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", error: "" },
+  [FinishReason.FINISH_REASON_STOP]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", error: "" },
+  // A cut answer is still the answer (as the chat agent has always said); the stop reason tells.
+  [FinishReason.FINISH_REASON_LENGTH]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "max_tokens", error: "" },
+  [FinishReason.FINISH_REASON_TOOL_CALLS]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "tool_calls", error: "" },
+  [FinishReason.FINISH_REASON_ABORT]: { status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "aborted_by_worker", error: "the worker aborted the model call" },
+  [FinishReason.FINISH_REASON_CONTENT_FILTER]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "content_filter", error: "" },
+  [FinishReason.UNRECOGNIZED]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", error: "" },
+};
+
+const emptyUsage = (): Usage => ({ promptTokens: 0, completionTokens: 0, totalTokens: 0, cachedPromptTokens: 0 });
+
+/** Builds the agent loop over the broker, the tool-runner, the agent types, hooks and the recorder. */
+export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
+  const limits: AgentRunnerLimits = { ...defaultAgentRunnerLimits, ...deps.limits };
+  const { logger, recorder } = deps;
+  const recordSignal = () => AbortSignal.timeout(limits.recordDeadlineMs);
+
+  // ListTools per tool-runner agent type, dropped whenever the catalog changes (a reload may change
+  // what a type may call). A failed listing is not kept: the next run asks again.
+  let toolCacheVersion = -1;
+  const toolCache = new Map<string, Promise<ToolDefinition[]>>();
+
+  function runnerTools(agentType: AgentType, signal: AbortSignal): Promise<ToolDefinition[]> {
+    if (Array.isArray(agentType.tools) && agentType.tools.length === 0) return Promise.resolve([]);
+    if (toolCacheVersion !== deps.catalog.version) {
+      toolCache.clear();
+      toolCacheVersion = deps.catalog.version;
+    }
+    const key = agentType.toolAgentType;
+    let listing = toolCache.get(key);
+    if (!listing) {
+      const { signal: callSignal, dispose } = linkSignals(signal, AbortSignal.timeout(limits.listToolsDeadlineMs));
+      listing = deps.tools
+        .listTools({ agentType: agentType.toolAgentType }, { signal: callSignal })
+        .then((response) => response.tools.map((tool) => ({ name: tool.name, description: tool.description, parametersJsonSchema: tool.parametersJsonSchema })))
+        .finally(dispose);
+      toolCache.set(key, listing);
+      listing.catch(() => toolCache.delete(key));
+    }
+    // A type registered in code may narrow the list of the type it borrows its permissions from.
+    const narrowTo = agentType.tools === "*" ? undefined : new Set(agentType.tools);
+    return listing.then((tools) => (narrowTo ? tools.filter((tool) => narrowTo.has(tool.name)) : tools));
+  }
+
+  function pluginToolsOf(agentType: AgentType): ToolDefinition[] {
+    const hasTools = agentType.tools === "*" || agentType.tools.length > 0;
+    return (deps.pluginTools?.forAgentType(agentType.name) ?? [])
+      .filter((tool) => hasTools || tool.agentTypes !== "*")
+      .map((tool) => tool.definition);
+  }
+
+  function spawnToolDefinition(agentType: AgentType): ToolDefinition {
+    return {
+      name: spawnSubagentsToolName,
+      description:
+        "Starts sub-agents that work in parallel, each on its own task in the same workspace, and returns their answers " +
+        "(or errors) in the order of the tasks. Give each a complete, self-contained instruction.",
+      parametersJsonSchema: JSON.stringify({
+        type: "object",
+        properties: {
+          tasks: {
+            type: "array",
+            minItems: 1,
+            maxItems: limits.maxSubagentTasks,
+            items: {
+              type: "object",
+              properties: { agent_type: { type: "string", enum: agentType.subagents }, instruction: { type: "string" } },
+              required: ["agent_type", "instruction"],
+            },
+          },
+        },
+        required: ["tasks"],
+      }),
+    };
+  }
+
+  async function runInternal(request: RunAgentRequest, options: InternalRunOptions): Promise<RunOutcome> {
+    const agentType = deps.catalog.require(request.agentType);
+    validateMessages(request.history, "history");
+    validateTools(request.tools);
+    validateSampling(request.sampling);
+    const overrides = request.overrides;
+    const systemPrompt = overrides?.systemPrompt ? overrides.systemPrompt : agentType.systemPrompt;
+    const messages: ChatMessage[] = [];
+    if (systemPrompt !== "") messages.push(message("system", systemPrompt));
+    messages.push(...request.history);
+    if (request.instruction !== "") messages.push(message("user", request.instruction));
+    if (request.history.length === 0 && request.instruction === "") {
+      throw new ServerError(Status.INVALID_ARGUMENT, "instruction: is required when history is empty");
+    }
+    const maxIterations = overrides?.maxIterations || agentType.maxIterations;
+    // Sub-agents draw from their parent's pool; a top-level run opens one, with the overrides.
+    const budget =
+      options.budget ??
+      createRunBudget({
+        maxTokens: overrides?.maxTokens || agentType.budgets.maxTokens,
+        timeoutMs: overrides?.timeoutMs || agentType.budgets.timeoutMs,
+        maxToolCalls: agentType.budgets.maxToolCalls,
+      });
+    const { signal, dispose } = linkSignals(options.signal, budget.deadline);
+    try {
+      const ownTools = [
+        ...(await runnerTools(agentType, signal)),
+        ...pluginToolsOf(agentType),
+        ...(agentType.subagents.length > 0 ? [spawnToolDefinition(agentType)] : []),
+      ];
+      const ownNames = new Set(ownTools.map((tool) => tool.name));
+      request.tools.forEach((tool, index) => {
+        if (ownNames.has(tool.name)) {
+          throw new ServerError(Status.INVALID_ARGUMENT, `tools[${index}].name: "${tool.name}" is a tool of agent type "${agentType.name}" already`);
+        }
+      });
+      if (ownTools.length > 0 && request.workspaceId === "") {
+        throw new ServerError(Status.INVALID_ARGUMENT, `workspace_id: is required for agent type "${agentType.name}" (its tools act on a workspace)`);
+      }
+      return await loop({ request, options, agentType, messages, maxIterations, budget, signal, tools: [...ownTools, ...request.tools] });
+    } finally {
+      dispose();
+    }
+  }
+
+  async function loop(run: {
+    request: RunAgentRequest;
+    options: InternalRunOptions;
+    agentType: AgentType;
+    messages: ChatMessage[];
+    maxIterations: number;
+    budget: RunBudget;
+    signal: AbortSignal;
+    tools: ToolDefinition[];
+  }): Promise<RunOutcome> {
+    const { request, options, agentType, messages, budget, signal } = run;
+    const { runId } = options;
+    const model = request.model || agentType.model;
+    const callerTools = new Set(request.tools.map((tool) => tool.name));
+    const usage = emptyUsage();
+    const toolCalls: ToolCall[] = [];
+    const stuck = createStuckDetector();
+    let iterations = 0;
+    let response = "";
+    const send = (event: AgentEvent["event"]) => options.send(AgentEvent.encode({ runId, event }).finish(), false);
+    const hookPayload = (event: HookPayload["event"], extra: Partial<HookPayload> = {}): HookPayload => ({
+      event,
+      runId,
+      parentRunId: options.parentRunId,
+      agentType: agentType.name,
+      iteration: iterations,
+      ...extra,
+    });
+
+    await recorder.started(
+      {
+        runId,
+        agentType: agentType.name,
+        parentRunId: options.parentRunId,
+        userId: request.userId,
+        instruction: request.instruction,
+        model,
+        workspaceId: request.workspaceId,
+        startedAt: new Date(),
+      },
+      recordSignal(),
+    );
+
+    const finish = async (stop: Stop): Promise<RunOutcome> => {
+      const outcome: RunOutcome = { runId, status: stop.status, stopReason: stop.stopReason, response, toolCalls, iterations, usage, error: stop.error };
+      await deps.hooks.notify(
+        agentType.hooks.on_finish,
+        hookPayload("on_finish", { finish: { status: AgentStatus[stop.status], stopReason: stop.stopReason, response } }),
+        // Its own deadline: the run's signal may be the reason the run is finishing.
+        AbortSignal.timeout(limits.recordDeadlineMs),
+      );
+      await recorder.finished({ runId, status: stop.status, stopReason: stop.stopReason, response, iterations, usage, error: stop.error, finishedAt: new Date() }, recordSignal());
+      try {
+        await send({ $case: "runFinished", value: { status: stop.status, stopReason: stop.stopReason, response, iterations, usage } });
+      } catch (error: unknown) {
+        // The caller is gone (a cancelled stream); the run is recorded, which is what matters now.
+        if (!signal.aborted) throw error;
+      }
+      return outcome;
+    };
+
+    try {
+      await send({ $case: "runStarted", value: { agentType: agentType.name, model, parentRunId: options.parentRunId } });
+      for (;;) {
+        if (iterations >= run.maxIterations) return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "max_iterations", error: `stopped after ${run.maxIterations} iterations` });
+        signal.throwIfAborted();
+        iterations += 1;
+        const turn = await callModel(request, model, messages, run.tools, signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true));
+        addUsage(usage, turn.usage);
+        budget.addTokens(turn.usage ? turn.usage.totalTokens || turn.usage.promptTokens + turn.usage.completionTokens : 0);
+        response = turn.content;
+        turn.toolCalls.forEach((call, index) => {
+          // Some models send no id; the tool message must still answer one.
+          if (call.id === "") call.id = `call_${iterations}_${index}`;
+        });
+        messages.push({ role: "assistant", content: turn.content, toolCalls: turn.toolCalls, toolCallId: "", name: "" });
+
+        if (turn.toolCalls.length === 0) {
+          await recorder.progressed(runId, iterations, usage, recordSignal());
+          await deps.hooks.notify(agentType.hooks.on_iteration, hookPayload("on_iteration"), signal);
+          return await finish(finishStops[turn.finishReason]);
+        }
+
+        const results = await executeToolCalls({ ...run, iteration: iterations, calls: turn.toolCalls, callerTools, send, hookPayload });
+        toolCalls.push(...turn.toolCalls);
+        for (const { call, result } of results) {
+          if (result) messages.push({ role: "tool", content: toolMessageContent(result), toolCalls: [], toolCallId: call.id, name: "" });
+        }
+        await recorder.progressed(runId, iterations, usage, recordSignal());
+        await deps.hooks.notify(agentType.hooks.on_iteration, hookPayload("on_iteration"), signal);
+
+        if (results.some(({ result }) => result === undefined)) {
+          // The model called the caller's own functions: the caller runs them and continues the conversation.
+          return await finish({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "tool_calls", error: "" });
+        }
+        if (budget.tokensExhausted()) {
+          return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "budget", error: `the run used ${budget.tokensUsed} of its ${budget.limits.maxTokens} tokens` });
+        }
+        if (results.some(({ refusedByBudget }) => refusedByBudget)) {
+          return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "budget", error: `the run used all of its ${budget.limits.maxToolCalls} tool calls` });
+        }
+        const verdict = stuck.observe({
+          signatures: turn.toolCalls.map((call) => callSignature(call.name, call.argumentsJson)),
+          allFailed: results.every(({ result }) => result?.success === false),
+        });
+        if (verdict.kind === "stop") return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "stuck", error: `the agent was stuck: ${verdict.why}, after being told so` });
+        if (verdict.kind === "redirect") {
+          logger.info({ runId, agentType: agentType.name, why: verdict.why }, "agent is repeating itself; telling it so");
+          // A system note rather than a user message: nobody said it, and the instruction stays the last user turn.
+          messages.push(
+            message(
+              "system",
+              `Note from the agent runner: you are repeating yourself (${verdict.why}). Repeating the same calls will not give ` +
+                "a different result. Change your approach, or answer now with what you have found.",
+            ),
+          );
+        }
+      }
+    } catch (error: unknown) {
+      if (budget.deadline.aborted) {
+        return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", error: `the run reached its timeout of ${budget.limits.timeoutMs} ms` });
+      }
+      if (signal.aborted) return await finish({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled", error: "" });
+      const reason = error instanceof Error ? ((error as { details?: string }).details ?? error.message) : String(error);
+      logger.warn({ err: error, runId, agentType: agentType.name }, "agent run failed");
+      try {
+        await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "error", error: reason });
+      } catch (recordError: unknown) {
+        logger.error({ err: recordError, runId }, "could not record the failed run");
+      }
+      throw error;
+    }
+  }
+
+  async function callModel(
+    request: RunAgentRequest,
+    model: string,
+    messages: readonly ChatMessage[],
+    tools: ToolDefinition[],
+    signal: AbortSignal,
+    relay: (encoded: Uint8Array) => Promise<void>,
+  ): Promise<ModelTurn> {
+    const turn: ModelTurn = { content: "", toolCalls: [], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, usage: undefined };
+    const calls = new Map<number, ToolCall>();
+    const events = deps.inference.chat(
+      { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: false },
+      { signal },
+    );
+    for await (const encoded of events) {
+      // Decoded for the loop's own use; relayed as the broker's bytes.
+      const event = ChatEvent.decode(encoded);
+      switch (event.event?.$case) {
+        case "contentDelta":
+          turn.content += event.event.value;
+          break;
+        case "toolCallDelta": {
+          const delta = event.event.value;
+          const call = calls.get(delta.index) ?? { id: "", name: "", argumentsJson: "" };
+          calls.set(delta.index, call);
+          if (delta.id !== "") call.id = delta.id;
+          if (delta.name !== "") call.name = delta.name;
+          call.argumentsJson += delta.argumentsJsonDelta;
+          break;
+        }
+        case "finishReason":
+          turn.finishReason = event.event.value;
+          break;
+        case "usage":
+          turn.usage = event.event.value;
+          break;
+        default:
+          break;
+      }
+      await relay(encoded);
+    }
+    turn.toolCalls = [...calls.entries()].sort(([a], [b]) => a - b).map(([, call]) => call);
+    return turn;
+  }
+
+  /** One call's way through the iteration: undefined result for a caller's function (not run here). */
+  interface CallOutcome {
+    readonly call: ToolCall;
+    readonly result: ToolResult | undefined;
+    readonly refusedByBudget: boolean;
+  }
+
+  async function executeToolCalls(step: {
+    request: RunAgentRequest;
+    options: InternalRunOptions;
+    agentType: AgentType;
+    budget: RunBudget;
+    signal: AbortSignal;
+    iteration: number;
+    calls: readonly ToolCall[];
+    callerTools: ReadonlySet<string>;
+    send: (event: AgentEvent["event"]) => Promise<void>;
+    hookPayload: (event: HookPayload["event"], extra?: Partial<HookPayload>) => HookPayload;
+  }): Promise<CallOutcome[]> {
+    const { agentType, signal, iteration, send, request, options } = step;
+    for (const call of step.calls) await send({ $case: "toolCallRequested", value: { iteration, call } });
+
+    // 1. Arguments and pre_tool_use hooks, every call at once.
+    type Prepared =
+      | { kind: "caller" }
+      | { kind: "done"; result: ToolResult; refusedByBudget: boolean }
+      | { kind: "run"; argumentsJson: string; args: Record<string, unknown> };
+    const prepared = await Promise.all(
+      step.calls.map(async (call): Promise<Prepared> => {
+        if (step.callerTools.has(call.name)) return { kind: "caller" };
+        const parsed = parseArguments(call.argumentsJson);
+        if ("error" in parsed) {
+          return { kind: "done", refusedByBudget: false, result: failed(call, `arguments_json: ${parsed.error}; call ${call.name} again with a JSON object as its arguments`) };
+        }
+        const decision = await deps.hooks.preToolUse(agentType.hooks.pre_tool_use, step.hookPayload("pre_tool_use", { toolCall: call }), signal);
+        if (!decision.allowed) return { kind: "done", refusedByBudget: false, result: failed(call, decision.reason) };
+        if (decision.argumentsJson === call.argumentsJson) return { kind: "run", argumentsJson: call.argumentsJson, args: parsed.args };
+        const rewritten = parseArguments(decision.argumentsJson);
+        if ("error" in rewritten) return { kind: "done", refusedByBudget: false, result: failed(call, `a pre_tool_use hook rewrote the arguments into invalid JSON (denied): ${rewritten.error}`) };
+        return { kind: "run", argumentsJson: decision.argumentsJson, args: rewritten.args };
+      }),
+    );
+
+    // 2. The budget's tool calls, in the model's order: those past the pool are refused, not run.
+    let granted = step.budget.takeToolCalls(prepared.filter((entry) => entry.kind === "run").length);
+    const toRun = prepared.map((entry, index): Prepared => {
+      if (entry.kind !== "run") return entry;
+      if (granted > 0) {
+        granted -= 1;
+        return entry;
+      }
+      return { kind: "done", refusedByBudget: true, result: failed(step.calls[index]!, `budget: the run has used all of its ${step.budget.limits.maxToolCalls} tool calls`) };
+    });
+
+    // 3. Run them: the tool-runner's in one ExecuteBatch, plugins and sub-agents beside it.
+    const startedAt = new Date();
+    const runnerIndexes: number[] = [];
+    const results: Array<Promise<ToolResult> | ToolResult | undefined> = toRun.map((entry, index) => {
+      const call = step.calls[index]!;
+      if (entry.kind === "caller") return undefined;
+      if (entry.kind === "done") return entry.result;
+      if (call.name === spawnSubagentsToolName && agentType.subagents.length > 0) return spawnSubagents(step, call, entry.args);
+      const plugin = deps.pluginTools?.get(call.name);
+      if (plugin && deps.pluginTools?.forAgentType(agentType.name).includes(plugin)) {
+        return runPluginTool(call, () => plugin.execute(entry.args, { runId: options.runId, agentType: agentType.name, workspaceId: request.workspaceId, signal }));
+      }
+      runnerIndexes.push(index);
+      return undefined;
+    });
+    if (runnerIndexes.length > 0) {
+      const batch = deps.tools
+        .executeBatch(
+          {
+            calls: runnerIndexes.map((index) => {
+              const call = step.calls[index]!;
+              const entry = toRun[index] as { argumentsJson: string };
+              return {
+                toolName: call.name,
+                argumentsJson: entry.argumentsJson,
+                workspaceId: request.workspaceId,
+                agentType: agentType.toolAgentType,
+                timeoutMs: limits.toolTimeoutMs,
+                callId: call.id,
+              };
+            }),
+          },
+          { signal },
+        )
+        .then((response) => response.results);
+      runnerIndexes.forEach((index, position) => {
+        results[index] = batch.then((batchResults) => batchResults[position] ?? failed(step.calls[index]!, "the tool-runner returned no result for this call"));
+      });
+    }
+    // Settled, not raced: when one call fails (a cancel), the others are waited for, not left running unobserved.
+    const settledAll = await Promise.allSettled(results);
+    const rejected = settledAll.find((entry): entry is PromiseRejectedResult => entry.status === "rejected");
+    if (rejected) throw rejected.reason;
+    const settled = settledAll.map((entry) => (entry as PromiseFulfilledResult<ToolResult | undefined>).value);
+
+    // 4. post_tool_use hooks, events and records, in the model's order.
+    const outcomes: CallOutcome[] = [];
+    for (const [index, raw] of settled.entries()) {
+      const call = step.calls[index]!;
+      const entry = toRun[index]!;
+      if (raw === undefined) {
+        outcomes.push({ call, result: undefined, refusedByBudget: false });
+        continue;
+      }
+      const result =
+        entry.kind === "run"
+          ? await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: call }), raw, signal)
+          : raw;
+      await send({ $case: "toolResult", value: result });
+      await recorder.toolCalled(
+        {
+          id: call.id,
+          runId: options.runId,
+          iteration,
+          toolName: call.name,
+          argumentsJson: call.argumentsJson,
+          resultJson: JSON.stringify(ToolResult.toJSON(result)),
+          success: result.success,
+          durationMs: result.durationMs,
+          startedAt,
+          finishedAt: new Date(),
+        },
+        recordSignal(),
+      );
+      outcomes.push({ call, result, refusedByBudget: entry.kind === "done" && entry.refusedByBudget });
+    }
+    return outcomes;
+  }
+
+  async function runPluginTool(call: ToolCall, execute: () => Promise<{ success: boolean; output: string; error?: string; result?: unknown }>): Promise<ToolResult> {
+    const startedAt = performance.now();
+    try {
+      const outcome = await execute();
+      return {
+        ...failed(call, outcome.error ?? ""),
+        success: outcome.success,
+        output: outcome.output,
+        resultJson: outcome.result === undefined ? "" : JSON.stringify(outcome.result),
+        durationMs: Math.round(performance.now() - startedAt),
+      };
+    } catch (error: unknown) {
+      return { ...failed(call, `the tool failed: ${error instanceof Error ? error.message : String(error)}`), durationMs: Math.round(performance.now() - startedAt) };
+    }
+  }
+
+  async function spawnSubagents(
+    step: { options: InternalRunOptions; agentType: AgentType; budget: RunBudget; signal: AbortSignal; request: RunAgentRequest; send: (event: AgentEvent["event"]) => Promise<void> },
+    call: ToolCall,
+    args: Record<string, unknown>,
+  ): Promise<ToolResult> {
+    const startedAt = performance.now();
+    const { agentType, options } = step;
+    const tasks = args.tasks;
+    const problem = (text: string): ToolResult => ({ ...failed(call, `${spawnSubagentsToolName}: ${text}`), durationMs: Math.round(performance.now() - startedAt) });
+    if (options.depth + 1 > limits.maxSubagentDepth) {
+      return problem(`sub-agents may be nested at most ${limits.maxSubagentDepth} deep, and this agent is at depth ${options.depth}; do the task yourself`);
+    }
+    if (!Array.isArray(tasks) || tasks.length < 1 || tasks.length > limits.maxSubagentTasks) {
+      return problem(`tasks: must be an array of 1 to ${limits.maxSubagentTasks} tasks`);
+    }
+    const checked: Array<{ agentType: string; instruction: string }> = [];
+    for (const [index, task] of (tasks as unknown[]).entries()) {
+      const value = (typeof task === "object" && task !== null ? task : {}) as Record<string, unknown>;
+      if (typeof value.agent_type !== "string" || !agentType.subagents.includes(value.agent_type)) {
+        return problem(`tasks[${index}].agent_type: must be one of ${agentType.subagents.join(", ")} (got ${JSON.stringify(value.agent_type)})`);
+      }
+      if (typeof value.instruction !== "string" || value.instruction.trim() === "") return problem(`tasks[${index}].instruction: must be a non-empty string`);
+      checked.push({ agentType: value.agent_type, instruction: value.instruction });
+    }
+
+    const entries = await Promise.all(
+      checked.map(async (task) => {
+        const childRunId = randomUUID();
+        await step.send({ $case: "subagentStarted", value: { childRunId, agentType: task.agentType, instruction: task.instruction } });
+        let outcome: RunOutcome | undefined;
+        let error = "";
+        try {
+          outcome = await runInternal(
+            {
+              agentType: task.agentType,
+              instruction: task.instruction,
+              workspaceId: step.request.workspaceId,
+              model: "",
+              history: [],
+              tools: [],
+              sampling: step.request.sampling,
+              userId: step.request.userId,
+              sessionId: step.request.sessionId,
+              overrides: undefined,
+            },
+            // A child's model deltas stay out of its parent's stream: interleaved with the parent's
+            // they would garble a consumer that concatenates model events; its other events go through.
+            {
+              runId: childRunId,
+              parentRunId: options.runId,
+              depth: options.depth + 1,
+              signal: step.signal,
+              send: (event, isModelEvent) => (isModelEvent ? Promise.resolve() : options.send(event, false)),
+              budget: step.budget,
+            },
+          );
+          error = outcome.error || (outcome.status === AgentStatus.AGENT_STATUS_SUCCEEDED ? "" : `stopped: ${outcome.stopReason}`);
+        } catch (caught: unknown) {
+          error = caught instanceof Error ? ((caught as { details?: string }).details ?? caught.message) : String(caught);
+        }
+        const status = outcome?.status ?? AgentStatus.AGENT_STATUS_FAILED;
+        await step.send({ $case: "subagentFinished", value: { childRunId, status, response: outcome?.response ?? "", error } });
+        const statusName = statusNames[status] ?? "failed";
+        return status === AgentStatus.AGENT_STATUS_SUCCEEDED
+          ? { agent_type: task.agentType, status: statusName, response: outcome?.response ?? "" }
+          : { agent_type: task.agentType, status: statusName, error };
+      }),
+    );
+    const anySucceeded = entries.some((entry) => entry.status === "succeeded");
+    return {
+      ...failed(call, anySucceeded ? "" : "every sub-agent failed"),
+      success: anySucceeded,
+      output: JSON.stringify(entries),
+      durationMs: Math.round(performance.now() - startedAt),
+    };
+  }
+
+  return {
+    async run(request, options) {
+      // Events are handed over one at a time, in order, even when parallel tools or sub-agents emit together.
+      let tail: Promise<void> = Promise.resolve();
+      const send = (event: Uint8Array) => (tail = tail.then(() => options.emit(event)));
+      return runInternal(request, { runId: options.runId, parentRunId: options.parentRunId, depth: options.depth, signal: options.signal, send, budget: undefined });
+    },
+    async allowedToolNames(agentTypeName, signal) {
+      const agentType = deps.catalog.require(agentTypeName);
+      const tools = [...(await runnerTools(agentType, signal)), ...pluginToolsOf(agentType)];
+      return tools.map((tool) => tool.name);
+    },
+  };
+}
+
+const statusNames: Partial<Record<AgentStatus, string>> = {
+  [AgentStatus.AGENT_STATUS_SUCCEEDED]: "succeeded",
+  [AgentStatus.AGENT_STATUS_FAILED]: "failed",
+  [AgentStatus.AGENT_STATUS_CANCELLED]: "cancelled",
+};
+
+function message(role: string, content: string): ChatMessage {
+  return { role, content, toolCalls: [], toolCallId: "", name: "" };
+}
+
+function failed(call: ToolCall, error: string): ToolResult {
+  return { callId: call.id, toolName: call.name, success: false, output: "", resultJson: "", error, exitCode: undefined, durationMs: 0, truncated: false };
+}
+
+function parseArguments(json: string): { args: Record<string, unknown> } | { error: string } {
+  let value: unknown;
+  try {
+    value = JSON.parse(json.trim() === "" ? "{}" : json);
+  } catch (error: unknown) {
+    return { error: `not valid JSON (${error instanceof Error ? error.message : String(error)})` };
+  }
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return { error: "must be a JSON object" };
+  return { args: value as Record<string, unknown> };
+}
+
+/** What the model reads of a result: the output (or structured result), and for a failure the error first. */
+function toolMessageContent(result: ToolResult): string {
+  const body = result.output !== "" ? result.output : result.resultJson;
+  if (result.success) return body;
+  return body === "" ? `error: ${result.error}` : `error: ${result.error}\n${body}`;
+}
+
+function addUsage(total: Usage, usage: Usage | undefined): void {
+  if (!usage) return;
+  total.promptTokens += usage.promptTokens;
+  total.completionTokens += usage.completionTokens;
+  total.totalTokens += usage.totalTokens;
+  total.cachedPromptTokens += usage.cachedPromptTokens;
+}
