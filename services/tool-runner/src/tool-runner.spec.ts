@@ -1,5 +1,5 @@
 import { execFile } from "node:child_process";
-import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, readFile, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
@@ -176,6 +176,18 @@ describe("tool-runner", () => {
       const unsafe = await rejection(execute("read_file", { path: "a" }, { workspaceId: "../project" }));
       expect(unsafe.code).toBe(Status.INVALID_ARGUMENT);
       expect(unsafe.details).toMatch(/^workspace_id: /);
+    });
+  });
+
+  describe("tools that need no workspace", () => {
+    it("runs web_search without a workspace_id and for one that does not exist, and still refuses an unsafe one", async () => {
+      for (const workspaceId of ["", "nowhere"]) {
+        const result = await execute("web_search", { query: "x" }, { workspaceId, agentType: "plan" });
+        // Not configured in this suite: the tool ran and said so, where it used to be refused for the workspace.
+        expect(result).toMatchObject({ success: false, error: "web_search is not configured: set WEB_SEARCH_URL" });
+      }
+      await expect(stat(join(workspaceRoot, "nowhere"))).rejects.toThrow("ENOENT");
+      expect((await rejection(execute("web_search", { query: "x" }, { workspaceId: "../project", agentType: "plan" }))).code).toBe(Status.INVALID_ARGUMENT);
     });
   });
 

@@ -13,7 +13,8 @@ import type { ToolMetrics } from "./tool-metrics";
 import { parseAndValidateArguments } from "./tools/argument-validation";
 import { ToolArgumentError, type ToolDefinition, type ToolOutcome } from "./tools/tool";
 import type { ToolRegistry } from "./tools/tool-registry";
-import { WorkspaceNotFoundError, type Workspaces } from "./workspace/workspaces";
+import type { Workspace } from "./workspace/workspace";
+import { validateWorkspaceId, WorkspaceNotFoundError, type Workspaces } from "./workspace/workspaces";
 
 export { ToolServiceDefinition };
 
@@ -124,6 +125,21 @@ function toStatusError(error: unknown): unknown {
   return error;
 }
 
+/**
+ * The context's workspace for a tool that needs none (needsWorkspace: false): nothing is opened or
+ * created. A workspace_id given anyway must still be a valid one; it keys the tool's cache entries.
+ */
+function detachedWorkspace(workspaceId: string): Workspace {
+  if (workspaceId !== "") validateWorkspaceId(workspaceId);
+  return {
+    id: workspaceId,
+    rootPath: "",
+    resolve() {
+      return Promise.reject(new Error("this tool declared needsWorkspace: false and has no workspace to resolve paths in"));
+    },
+  };
+}
+
 function createToolCallExecutor(deps: ToolServiceDependencies) {
   const { registry, workspaces, permissions, cache, sandbox, limits, metrics } = deps;
 
@@ -151,11 +167,12 @@ function createToolCallExecutor(deps: ToolServiceDependencies) {
     let tool: ToolDefinition | undefined;
     try {
       tool = findTool(request.toolName);
-      if (request.workspaceId === "") throw new ServerError(Status.INVALID_ARGUMENT, "workspace_id: is required");
+      const needsWorkspace = tool.needsWorkspace !== false;
+      if (request.workspaceId === "" && needsWorkspace) throw new ServerError(Status.INVALID_ARGUMENT, "workspace_id: is required");
       permissions.check(request.agentType, tool.name);
       const timeoutMs = timeoutOf(request, tool);
       const args = parseAndValidateArguments(tool, request.argumentsJson);
-      const workspace = await workspaces.open(request.workspaceId, { create: !tool.readOnly });
+      const workspace = needsWorkspace ? await workspaces.open(request.workspaceId, { create: !tool.readOnly }) : detachedWorkspace(request.workspaceId);
 
       const cached = tool.readOnly ? await cache.get(tool.name, workspace, args, callSignal) : undefined;
       if (cached) {
@@ -194,6 +211,8 @@ function createToolCallExecutor(deps: ToolServiceDependencies) {
       return resultOf(request, outcome, elapsedMs());
     } catch (error: unknown) {
       metrics.recordCall(tool?.name ?? "unknown", "rejected", elapsedMs());
+      // The caller went away: its abort is no server fault, to be logged or reported as INTERNAL.
+      if (callSignal.aborted) throw new ServerError(Status.CANCELLED, "the call was cancelled");
       throw toStatusError(error);
     }
   };

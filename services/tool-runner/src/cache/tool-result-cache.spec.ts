@@ -197,6 +197,19 @@ describe("createInProcessToolResultCache", () => {
     expect(await call(cache, { query: "b" }, "b expired")).toEqual(found("b expired"));
   });
 
+  it("keeps list_files and search_code results (which have no fingerprint) only for their own shorter lifetime", async () => {
+    let time = 0;
+    const cache = createInProcessToolResultCache({ logger: silent, ttlSeconds: 300, tools: registry, now: () => time });
+    await call(cache, { query: "a" }, "search");
+    await call(cache, { query: "a" }, "web", "web_search");
+    time = 29_000;
+    expect(await call(cache, { query: "a" }, "search again")).toEqual(found("search"));
+    time = 30_001;
+    expect(await call(cache, { query: "a" }, "search after 30 s")).toEqual(found("search after 30 s"));
+    // A tool without cacheTtlSeconds keeps TOOL_CACHE_TTL_S.
+    expect(await call(cache, { query: "a" }, "web again", "web_search")).toEqual(found("web"));
+  });
+
   it("keeps no more bytes than maxBytes", async () => {
     const cache = createInProcessToolResultCache({ logger: silent, ttlSeconds: 10, maxBytes: 600 });
     await call(cache, { query: "a" }, "a".repeat(200));

@@ -10,7 +10,8 @@ import type { Workspace } from "../workspace/workspace";
  * twice is answered without touching the disk. Entries belong to a generation of their workspace,
  * which every write tool and every command moves on (invalidateWorkspace), so an entry written
  * before a change is never read after it. read_file also keys on the file's mtime and size, so
- * that edits made outside the tool-runner are seen.
+ * that edits made outside the tool-runner are seen; tools without such a fingerprint (list_files,
+ * search_code) keep their entries for a shorter time (their cacheTtlSeconds) instead.
  *
  * A cache is an optimisation: `get` answers a miss rather than fail and `set` never rejects.
  */
@@ -40,11 +41,14 @@ export interface ToolResultCache {
 
 /** Looks up a tool by name, for its cacheFingerprint (a ToolRegistry will do). */
 export interface ToolLookup {
-  get(name: string): Pick<ToolDefinition<never>, "cacheFingerprint"> | undefined;
+  get(name: string): Pick<ToolDefinition<never>, "cacheFingerprint" | "cacheTtlSeconds"> | undefined;
 }
 
 interface CommonOptions {
-  /** Lifetime of an entry in seconds (TOOL_CACHE_TTL_S). */
+  /**
+   * Lifetime of an entry in seconds (TOOL_CACHE_TTL_S); a tool's own cacheTtlSeconds may only
+   * shorten it.
+   */
   ttlSeconds: number;
   /** For the tools' cacheFingerprint; without it, no tool's result depends on file metadata. */
   tools?: ToolLookup;
@@ -74,7 +78,7 @@ interface CacheStore {
   generation(workspaceId: string, signal: AbortSignal | undefined): Promise<string>;
   bumpGeneration(workspaceId: string): Promise<void>;
   read(key: string, signal: AbortSignal | undefined): Promise<string | undefined>;
-  write(key: string, value: string): Promise<void>;
+  write(key: string, value: string, ttlSeconds: number): Promise<void>;
 }
 
 /** Bumped when the key's canonical form changes, so that two forms never give one key two meanings. */
@@ -121,8 +125,8 @@ export function createRedisToolResultCache(options: RedisToolResultCacheOptions)
     async read(key, signal) {
       return (await abortable(redis.get(prefix + key), signal)) ?? undefined;
     },
-    async write(key, value) {
-      await redis.set(prefix + key, value, "EX", options.ttlSeconds);
+    async write(key, value, ttlSeconds) {
+      await redis.set(prefix + key, value, "EX", ttlSeconds);
     },
   });
 }
@@ -162,11 +166,11 @@ export function createInProcessToolResultCache(options: InProcessToolResultCache
       bytes += entry.bytes;
       return entry.value;
     },
-    async write(key, value) {
+    async write(key, value, ttlSeconds) {
       const size = Buffer.byteLength(value) + key.length;
       if (size > maxBytes) return;
       remove(key);
-      entries.set(key, { value, bytes: size, expiresAt: now() + options.ttlSeconds * 1000 });
+      entries.set(key, { value, bytes: size, expiresAt: now() + ttlSeconds * 1000 });
       bytes += size;
       for (const oldest of entries.keys()) {
         if (entries.size <= maxEntries && bytes <= maxBytes) break;
@@ -226,13 +230,17 @@ function createToolResultCache(options: CommonOptions, storeName: string, store:
       }
     },
 
-    async set(_toolName, _workspace, args, outcome, signal) {
+    async set(toolName, _workspace, args, outcome, signal) {
       const key = pendingKeys.get(args);
       pendingKeys.delete(args);
       if (key === undefined || !outcome.success || signal?.aborted) return;
       const value = JSON.stringify(outcome);
       if (Buffer.byteLength(value) > maxValueBytes) return;
-      const pending = store.write(key, value).catch((error: unknown) => warn(error, "set"));
+      // A tool without a fingerprint (list_files, search_code) cannot see changes made outside the
+      // tool-runner, e.g. by a command's background process; its own shorter lifetime bounds how
+      // long such a change goes unseen. Never longer than the operator's TOOL_CACHE_TTL_S.
+      const ttlSeconds = Math.min(tools?.get(toolName)?.cacheTtlSeconds ?? options.ttlSeconds, options.ttlSeconds);
+      const pending = store.write(key, value, ttlSeconds).catch((error: unknown) => warn(error, "set"));
       writes.add(pending);
       try {
         await pending;

@@ -1,6 +1,9 @@
-import { readFile, stat } from "node:fs/promises";
-import { displayPath, errorCode, failure, looksBinary, writeFileAtomic, type FileOwner } from "./file-helpers";
-import { ToolArgumentError, type ToolDefinition } from "./tool";
+import type { Stats } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import { basename, dirname } from "node:path";
+import { openDirectoryInside, openEntryIn, type OpenedEntry } from "../workspace/safe-open";
+import { displayPath, errorCode, failure, looksBinary, readOpenedFile, writeFileAtomic } from "./file-helpers";
+import { ToolArgumentError, type ToolDefinition, type ToolOutcome } from "./tool";
 
 export interface EditFileArguments {
   path: string;
@@ -40,45 +43,78 @@ export function createEditFileTool(): ToolDefinition<EditFileArguments> {
       if (args.old_string === args.new_string) throw new ToolArgumentError("new_string: is the same as old_string; the edit would change nothing");
       const hostPath = await context.workspace.resolve(args.path, "path");
       const shown = JSON.stringify(displayPath(context.workspace, hostPath));
-      let mode: number;
-      let owner: FileOwner;
+      const notFound = failure(`path: no such file ${JSON.stringify(args.path)}; to create a file, use write_file`);
+      if (hostPath === context.workspace.rootPath) return failure(`path: ${shown} is a directory`);
+      let directory: FileHandle;
       try {
-        const info = await stat(hostPath);
-        if (info.isDirectory()) return failure(`path: ${shown} is a directory`);
-        if (info.size > maxFileBytes) return failure(`path: ${shown} is too large to edit (${info.size} bytes; at most ${maxFileBytes})`);
-        mode = info.mode & 0o7777;
-        owner = { uid: info.uid, gid: info.gid };
+        // The file and its directory are opened through handles, never by name again: see workspace/safe-open.
+        directory = await openDirectoryInside(context.workspace, dirname(hostPath), "path");
       } catch (error) {
-        if (errorCode(error) === "ENOENT" || errorCode(error) === "ENOTDIR") {
-          return failure(`path: no such file ${JSON.stringify(args.path)}; to create a file, use write_file`);
-        }
+        if (errorCode(error) === "ENOENT" || errorCode(error) === "ENOTDIR") return notFound;
         throw error;
       }
-      const bytes = await readFile(hostPath, { signal: context.signal });
-      if (looksBinary(bytes)) return failure(`path: ${shown} is a binary file; edit_file edits text files only`);
-      const content = bytes.toString("utf8");
-
-      const positions = occurrences(content, args.old_string);
-      if (positions.length === 0) return failure(`old_string: not found in ${shown}. ${notFoundHint(content, args.old_string)}`);
-      if (positions.length > 1 && !args.replace_all) {
-        return failure(
-          `old_string: found ${positions.length} times in ${shown} (lines ${positions.map((index) => lineOf(content, index)).join(", ")}); ` +
-            "include more surrounding lines to make it unique, or set replace_all to replace every one",
-        );
+      try {
+        const name = basename(hostPath);
+        let file: OpenedEntry;
+        try {
+          file = await openEntryIn(directory, name, "path", shown);
+        } catch (error) {
+          if (errorCode(error) === "ENOENT" || errorCode(error) === "ENOTDIR") return notFound;
+          throw error;
+        }
+        let bytes: Buffer | undefined;
+        const { info } = file;
+        try {
+          if (info.isDirectory()) return failure(`path: ${shown} is a directory`);
+          // A FIFO would block the read forever; devices and sockets are no text to edit either.
+          if (!info.isFile()) return failure(`path: ${shown} is not a regular file`);
+          if (info.size > maxFileBytes) return failure(`path: ${shown} is too large to edit (${info.size} bytes; at most ${maxFileBytes})`);
+          bytes = await readOpenedFile(file.handle, maxFileBytes, context.signal);
+        } finally {
+          await file.handle.close();
+        }
+        if (bytes === undefined) return failure(`path: ${shown} is too large to edit (more than ${maxFileBytes} bytes)`);
+        return await applyEdit(args, shown, bytes, info, directory, name, context.signal);
+      } finally {
+        await directory.close();
       }
-      // split/join, not String.replace: "$&" or "$1" in new_string must stay literal.
-      const edited = content.split(args.old_string).join(args.new_string);
-      // The rename puts a new file in place; it keeps the old one's owner (when this process may set it) as well as its mode.
-      await writeFileAtomic(hostPath, edited, { mode, owner: process.getuid?.() === 0 ? owner : undefined, signal: context.signal });
-      const lines = positions.map((index) => lineOf(content, index));
-      const count = positions.length;
-      return {
-        success: true,
-        output: `Replaced ${count} ${count === 1 ? "occurrence" : "occurrences"} in ${shown} (line${count === 1 ? "" : "s"} ${lines.join(", ")})`,
-        result: { path: args.path, replacements: count, lines },
-        truncated: false,
-      };
     },
+  };
+}
+
+/** Replaces old_string in the file read as `bytes` and writes it back atomically into `directory`. */
+async function applyEdit(
+  args: EditFileArguments,
+  shown: string,
+  bytes: Buffer,
+  info: Stats,
+  directory: FileHandle,
+  name: string,
+  signal: AbortSignal,
+): Promise<ToolOutcome> {
+  if (looksBinary(bytes)) return failure(`path: ${shown} is a binary file; edit_file edits text files only`);
+  const content = bytes.toString("utf8");
+  const positions = occurrences(content, args.old_string);
+  if (positions.length === 0) return failure(`old_string: not found in ${shown}. ${notFoundHint(content, args.old_string)}`);
+  if (positions.length > 1 && !args.replace_all) {
+    return failure(
+      `old_string: found ${positions.length} times in ${shown} (lines ${positions.map((index) => lineOf(content, index)).join(", ")}); ` +
+        "include more surrounding lines to make it unique, or set replace_all to replace every one",
+    );
+  }
+  // split/join, not String.replace: "$&" or "$1" in new_string must stay literal.
+  const edited = content.split(args.old_string).join(args.new_string);
+  // The rename puts a new file in place; it keeps the old one's owner (when this process may set it) as well as its
+  // mode, less setuid/setgid (see write_file).
+  const owner = process.getuid?.() === 0 ? { uid: info.uid, gid: info.gid } : undefined;
+  await writeFileAtomic(directory, name, edited, { mode: info.mode & 0o1777, owner, signal });
+  const lines = positions.map((index) => lineOf(content, index));
+  const count = positions.length;
+  return {
+    success: true,
+    output: `Replaced ${count} ${count === 1 ? "occurrence" : "occurrences"} in ${shown} (line${count === 1 ? "" : "s"} ${lines.join(", ")})`,
+    result: { path: args.path, replacements: count, lines },
+    truncated: false,
   };
 }
 

@@ -1,6 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { chown, mkdir, open, rename, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join, relative } from "node:path";
+import { constants } from "node:fs";
+import { open, rename, stat, unlink, type FileHandle } from "node:fs/promises";
+import { relative } from "node:path";
+import { pathThrough } from "../workspace/safe-open";
 import type { Workspace } from "../workspace/workspace";
 import type { ToolOutcome } from "./tool";
 
@@ -27,19 +29,24 @@ export function errorCode(error: unknown): string | undefined {
 }
 
 /**
- * Replaces `target` with `content` atomically: written to a temporary file in the same directory,
- * flushed, then renamed over the target, so that a reader (or a crash) never sees half a file.
- * The file gets `mode` when given (an edited file keeps its mode), else the default for new files.
+ * Replaces the entry `name` of the open directory `directory` with `content` atomically: written
+ * to a temporary file in that directory, flushed, then renamed over the entry, so that a reader (or
+ * a crash) never sees half a file. Everything goes through the directory's handle (see
+ * workspace/safe-open): no name is resolved again, and the rename replaces whatever is at `name`
+ * (a symlink swapped in included) without following it. The file gets `mode` when given (an edited
+ * file keeps its mode), else the default for new files.
  */
 export async function writeFileAtomic(
-  target: string,
+  directory: FileHandle,
+  name: string,
   content: string | Buffer,
   options: { mode?: number; owner?: FileOwner | undefined; signal: AbortSignal },
 ): Promise<void> {
   options.signal.throwIfAborted();
-  const temporary = join(dirname(target), `.${basename(target)}.${randomBytes(6).toString("hex")}.tmp`);
-  // "wx": never follow or reuse something already at the temporary name.
-  const handle = await open(temporary, "wx", options.mode ?? 0o666);
+  // The name is cut so that the temporary name stays within NAME_MAX (255 bytes).
+  const temporary = pathThrough(directory, `.${name.slice(0, 200)}.${randomBytes(6).toString("hex")}.tmp`);
+  // O_EXCL|O_NOFOLLOW: never follow or reuse something already at the temporary name.
+  const handle = await open(temporary, constants.O_CREAT | constants.O_EXCL | constants.O_WRONLY | constants.O_NOFOLLOW, options.mode ?? 0o666);
   let renamed = false;
   try {
     try {
@@ -52,21 +59,31 @@ export async function writeFileAtomic(
       await handle.close();
     }
     options.signal.throwIfAborted();
-    await rename(temporary, target);
+    await rename(temporary, pathThrough(directory, name));
     renamed = true;
   } finally {
     if (!renamed) await unlink(temporary).catch(() => undefined);
   }
 }
 
-/** The permission bits of an existing file, or undefined when there is none. */
-export async function existingMode(path: string): Promise<number | undefined> {
-  try {
-    return (await stat(path)).mode & 0o7777;
-  } catch (error) {
-    if (errorCode(error) === "ENOENT") return undefined;
-    throw error;
+/**
+ * Reads a regular file from its handle, at most `maxBytes` (undefined when it holds more: it may
+ * have grown since its size was checked). Reading from the handle, never by name, reads what was
+ * opened and checked.
+ */
+export async function readOpenedFile(handle: FileHandle, maxBytes: number, signal: AbortSignal): Promise<Buffer | undefined> {
+  const chunks: Buffer[] = [];
+  let total = 0;
+  for (;;) {
+    signal.throwIfAborted();
+    const chunk = Buffer.allocUnsafe(Math.min(1024 * 1024, maxBytes + 1 - total));
+    const { bytesRead } = await handle.read(chunk, 0, chunk.length, total);
+    if (bytesRead === 0) break;
+    chunks.push(chunk.subarray(0, bytesRead));
+    total += bytesRead;
+    if (total > maxBytes) return undefined;
   }
+  return Buffer.concat(chunks, total);
 }
 
 /** A numeric owner for files the tools create. */
@@ -84,14 +101,4 @@ export async function workspaceFileOwner(workspace: Workspace): Promise<FileOwne
   if (process.getuid?.() !== 0) return undefined;
   const info = await stat(workspace.rootPath);
   return info.uid === 0 ? undefined : { uid: info.uid, gid: info.gid };
-}
-
-/** mkdir -p that gives the directories it creates to `owner`. */
-export async function makeDirectories(path: string, owner: FileOwner | undefined): Promise<void> {
-  const first = await mkdir(path, { recursive: true });
-  if (first === undefined || !owner) return;
-  for (let directory = path; ; directory = dirname(directory)) {
-    await chown(directory, owner.uid, owner.gid);
-    if (directory === first || directory === dirname(directory)) break;
-  }
 }

@@ -1,7 +1,6 @@
-import { relative } from "node:path";
-import { stat } from "node:fs/promises";
-import { displayPath, errorCode, failure } from "./file-helpers";
-import { ripgrepError, runRipgrep } from "./ripgrep";
+import { openEntryInside, pathThrough, type OpenedEntry } from "../workspace/safe-open";
+import { displayPath, errorCode, failure, workspaceFileOwner } from "./file-helpers";
+import { ripgrepError, runRipgrep, workspacePathOf, type RipgrepResult } from "./ripgrep";
 import { ToolArgumentError, type ToolDefinition } from "./tool";
 import { truncateMiddle } from "./truncate-output";
 
@@ -15,6 +14,9 @@ export interface RipgrepToolOptions {
   /** The rg executable ("rg"). */
   readonly ripgrepPath?: string;
 }
+
+/** How long list_files and search_code results are cached: they see no change made outside the tool-runner. */
+export const ripgrepCacheTtlSeconds = 30;
 
 const defaultMaxResults = 500;
 const maxMaxResults = 10_000;
@@ -43,31 +45,46 @@ export function createListFilesTool(options: RipgrepToolOptions = {}): ToolDefin
       additionalProperties: false,
     },
     readOnly: true,
+    // No fingerprint (a tree has none that is cheap), so entries live briefly: see ToolDefinition.cacheTtlSeconds.
+    cacheTtlSeconds: ripgrepCacheTtlSeconds,
 
     async execute(args, context) {
       const maxResults = args.max_results ?? defaultMaxResults;
       const hostPath = await context.workspace.resolve(args.path ?? "", "path");
+      const where = JSON.stringify(displayPath(context.workspace, hostPath));
+      let opened: OpenedEntry;
       try {
-        await stat(hostPath);
+        // rg is given the opened directory as its working directory, never the path: rg follows symlinks in
+        // paths it is given, and one may have been swapped in since resolve (see workspace/safe-open).
+        opened = await openEntryInside(context.workspace, hostPath, "path");
       } catch (error) {
         if (errorCode(error) === "ENOENT" || errorCode(error) === "ENOTDIR") return failure(`path: no such directory ${JSON.stringify(args.path)}`);
         throw error;
       }
-      const relativePath = relative(context.workspace.rootPath, hostPath) || ".";
+      const directory = displayPath(context.workspace, hostPath);
       const files: string[] = [];
       let total = 0;
-      const run = await runRipgrep({
-        executable,
-        args: ["--files", "--no-require-git", "--sort", "path", ...(args.glob === undefined ? [] : ["--glob", args.glob]), "--", relativePath],
-        cwd: context.workspace.rootPath,
-        timeoutMs: context.timeoutMs,
-        signal: context.signal,
-        onLine(line) {
-          total += 1;
-          if (files.length < maxResults) files.push(line.startsWith("./") ? line.slice(2) : line);
-          return total < maxCounted;
-        },
-      });
+      let run: RipgrepResult;
+      try {
+        // A file named explicitly is listed whatever the glob says, as rg lists one.
+        if (opened.info.isFile()) return { success: true, output: directory, result: { files: [directory], total: 1 }, truncated: false };
+        if (!opened.info.isDirectory()) return failure(`path: ${where} is not a directory`);
+        run = await runRipgrep({
+          executable,
+          args: ["--files", "--no-require-git", "--sort", "path", ...(args.glob === undefined ? [] : ["--glob", args.glob]), "--", "."],
+          cwd: pathThrough(opened.handle),
+          user: await workspaceFileOwner(context.workspace),
+          timeoutMs: context.timeoutMs,
+          signal: context.signal,
+          onLine(line) {
+            total += 1;
+            if (files.length < maxResults) files.push(workspacePathOf(directory, line));
+            return total < maxCounted;
+          },
+        });
+      } finally {
+        await opened.handle.close();
+      }
       if (run.stoppedBecause === "timeout") {
         return failure(`listing timed out after ${context.timeoutMs} ms; narrow it with path or glob`);
       }
@@ -76,7 +93,6 @@ export function createListFilesTool(options: RipgrepToolOptions = {}): ToolDefin
         if (args.glob !== undefined && /glob/i.test(message)) throw new ToolArgumentError(`glob: invalid glob ${JSON.stringify(args.glob)} (${message})`);
         return failure(`listing failed: ${message}`);
       }
-      const where = JSON.stringify(displayPath(context.workspace, hostPath));
       if (files.length === 0) {
         return { success: true, output: `no files under ${where}${args.glob === undefined ? "" : ` matching ${JSON.stringify(args.glob)}`}`, result: { files: [], total: 0 }, truncated: false };
       }

@@ -1,5 +1,6 @@
-import { readFile, stat } from "node:fs/promises";
-import { displayPath, errorCode, failure, looksBinary } from "./file-helpers";
+import { stat } from "node:fs/promises";
+import { openEntryInside, type OpenedEntry } from "../workspace/safe-open";
+import { displayPath, errorCode, failure, looksBinary, readOpenedFile } from "./file-helpers";
 import { ToolArgumentError, type ToolDefinition } from "./tool";
 
 export interface ReadFileArguments {
@@ -59,20 +60,31 @@ export function createReadFileTool(options: ReadFileOptions = {}): ToolDefinitio
       }
       const hostPath = await context.workspace.resolve(args.path, "path");
       const shown = JSON.stringify(displayPath(context.workspace, hostPath));
-      let size: number;
+      let opened: OpenedEntry;
       try {
-        const info = await stat(hostPath);
-        if (info.isDirectory()) return failure(`path: ${shown} is a directory; use list_files to see what it holds`);
-        if (!info.isFile()) return failure(`path: ${shown} is not a regular file`);
-        size = info.size;
+        // Through directory handles, never by name again (see workspace/safe-open), and without blocking on a FIFO.
+        opened = await openEntryInside(context.workspace, hostPath, "path");
       } catch (error) {
         if (errorCode(error) === "ENOENT" || errorCode(error) === "ENOTDIR") return failure(`path: no such file ${JSON.stringify(args.path)}`);
         throw error;
       }
-      if (size > maxFileBytes) {
-        return failure(`path: ${shown} is too large to read (${size} bytes; at most ${maxFileBytes}); use search_code to find the part you need`);
+      let content: Buffer | undefined;
+      try {
+        const { info } = opened;
+        if (info.isDirectory()) return failure(`path: ${shown} is a directory; use list_files to see what it holds`);
+        // A FIFO would block the read (in libuv's threadpool, where no signal reaches it); devices and sockets hold no text.
+        if (!info.isFile()) return failure(`path: ${shown} is not a regular file`);
+        if (info.size > maxFileBytes) {
+          return failure(`path: ${shown} is too large to read (${info.size} bytes; at most ${maxFileBytes}); use search_code to find the part you need`);
+        }
+        // Capped: the file may grow after the size was checked.
+        content = await readOpenedFile(opened.handle, maxFileBytes, context.signal);
+      } finally {
+        await opened.handle.close();
       }
-      const content = await readFile(hostPath, { signal: context.signal });
+      if (content === undefined) {
+        return failure(`path: ${shown} is too large to read (more than ${maxFileBytes} bytes); use search_code to find the part you need`);
+      }
       if (looksBinary(content)) return failure(`path: ${shown} is a binary file (it contains NUL bytes); read_file shows text files only`);
 
       const lines = content.toString("utf8").split("\n");

@@ -15,7 +15,19 @@ export interface RipgrepOptions {
   readonly executable: string;
   /** rg's arguments, passed as argv: nothing is ever interpreted by a shell. */
   readonly args: readonly string[];
+  /**
+   * rg's working directory; the tools give `/proc/self/fd/<fd>` of a directory they opened safely
+   * (workspace/safe-open): the child chdirs there before exec, while it still has the fd.
+   */
   readonly cwd: string;
+  /** A file descriptor given to rg as its stdin (a file opened safely, searched with the path "-"). */
+  readonly stdin?: number;
+  /**
+   * Runs rg as this user (the workspace's owner) instead of this process's (root). rg walks the
+   * directories below its start by name, so a command swapping one for a symlink could still lead
+   * it astray; as the owner, it reads no more than that command could itself.
+   */
+  readonly user?: { readonly uid: number; readonly gid: number } | undefined;
   readonly timeoutMs: number;
   /** The call's signal; when it aborts rg is killed and the run rejects with its reason. */
   readonly signal: AbortSignal;
@@ -45,18 +57,22 @@ export async function runRipgrep(options: RipgrepOptions): Promise<RipgrepResult
   try {
     const child = spawn(options.executable, ["--no-config", ...options.args], {
       cwd: options.cwd,
-      stdio: ["ignore", "pipe", "pipe"],
+      stdio: [options.stdin ?? "ignore", "pipe", "pipe"],
+      ...(options.user ? { uid: options.user.uid, gid: options.user.gid } : {}),
       signal: controller.signal,
       killSignal: "SIGKILL",
     });
+    // Typed as possibly null because stdin may be a descriptor; the two asked for as "pipe" are always there.
+    const childStdout = child.stdout!;
+    const childStderr = child.stderr!;
     let stderr = "";
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk: string) => {
+    childStderr.setEncoding("utf8");
+    childStderr.on("data", (chunk: string) => {
       if (stderr.length < maxStderrBytes) stderr += chunk.slice(0, maxStderrBytes - stderr.length);
     });
     let pending = "";
-    child.stdout.setEncoding("utf8");
-    child.stdout.on("data", (chunk: string) => {
+    childStdout.setEncoding("utf8");
+    childStdout.on("data", (chunk: string) => {
       if (stoppedBecause) return;
       pending += chunk;
       let newline = pending.indexOf("\n");
@@ -95,4 +111,13 @@ export function ripgrepError(stderr: string): string {
     .filter((line) => line !== "")
     .join(" ")
     .slice(0, 1000);
+}
+
+/**
+ * A path rg printed, relative to the directory it ran in ("./src/a.ts"), as the caller sees it:
+ * relative to the workspace root, given where that directory is (`directory`, "." for the root).
+ */
+export function workspacePathOf(directory: string, printed: string): string {
+  const inside = printed.startsWith("./") ? printed.slice(2) : printed;
+  return directory === "." ? inside : `${directory}/${inside}`;
 }

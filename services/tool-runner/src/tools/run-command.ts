@@ -1,4 +1,4 @@
-import { SandboxUnavailableError, type CommandOutcome } from "../sandbox/sandbox";
+import { SandboxContainerDiedError, SandboxUnavailableError, type CommandOutcome } from "../sandbox/sandbox";
 import { failure } from "./file-helpers";
 import type { ToolContext, ToolDefinition, ToolOutcome } from "./tool";
 
@@ -53,10 +53,15 @@ export async function runInSandbox(command: string, timeoutMs: number | undefine
       { command, timeoutMs: limit, outputLimitBytes: context.outputLimitBytes, signal: context.signal },
     );
   } catch (error) {
-    if (error instanceof SandboxUnavailableError) return failure(error.message);
-    throw error;
+    // An abort (the caller cancelled, the deadline passed) goes on to the service, which reports it as such.
+    if (context.signal.aborted || (error as Error | undefined)?.name === "AbortError") throw error;
+    // Anything else the sandbox throws (no backend here, the container died under the command,
+    // Docker timed out creating or starting one) is this command's failure, not an internal error
+    // of the service: the model can retry, and the sandbox starts a fresh container next time.
+    if (error instanceof SandboxUnavailableError || error instanceof SandboxContainerDiedError) return failure(error.message);
+    return failure(`the sandbox failed: ${error instanceof Error ? error.message : String(error)}`);
   }
-  const result = { exit_code: outcome.exitCode, duration_ms: outcome.durationMs, ...(outcome.killedBecause ? { killed_because: outcome.killedBecause } : {}) };
+  const result = { exit_code: outcome.exitCode, duration_ms: Math.round(outcome.durationMs), ...(outcome.killedBecause ? { killed_because: outcome.killedBecause } : {}) };
   const base = { output: outcome.output, truncated: outcome.truncated, result };
   if (outcome.killedBecause !== undefined || outcome.exitCode === null) {
     return { ...base, success: false, error: killMessage(outcome, limit, limits) };

@@ -1,8 +1,7 @@
-import { relative } from "node:path";
-import { stat } from "node:fs/promises";
-import { displayPath, errorCode, failure } from "./file-helpers";
-import type { RipgrepToolOptions } from "./list-files";
-import { ripgrepError, runRipgrep } from "./ripgrep";
+import { openEntryInside, pathThrough, type OpenedEntry } from "../workspace/safe-open";
+import { displayPath, errorCode, failure, workspaceFileOwner } from "./file-helpers";
+import { ripgrepCacheTtlSeconds, type RipgrepToolOptions } from "./list-files";
+import { ripgrepError, runRipgrep, workspacePathOf } from "./ripgrep";
 import { ToolArgumentError, type ToolDefinition } from "./tool";
 import { truncateMiddle } from "./truncate-output";
 
@@ -64,21 +63,40 @@ export function createSearchCodeTool(options: RipgrepToolOptions = {}): ToolDefi
       additionalProperties: false,
     },
     readOnly: true,
+    // No fingerprint (a tree has none that is cheap), so entries live briefly: see ToolDefinition.cacheTtlSeconds.
+    cacheTtlSeconds: ripgrepCacheTtlSeconds,
 
     async execute(args, context) {
       const maxResults = args.max_results ?? defaultMaxResults;
       const hostPath = await context.workspace.resolve(args.path ?? "", "path");
+      const where = JSON.stringify(displayPath(context.workspace, hostPath));
+      let opened: OpenedEntry;
       try {
-        await stat(hostPath);
+        // rg never gets the path: it follows symlinks in paths it is given, and one may have been swapped in
+        // since resolve (see workspace/safe-open). A directory is its working directory, a file its stdin.
+        opened = await openEntryInside(context.workspace, hostPath, "path");
       } catch (error) {
         if (errorCode(error) === "ENOENT" || errorCode(error) === "ENOTDIR") return failure(`path: no such file or directory ${JSON.stringify(args.path)}`);
         throw error;
       }
+      const directory = displayPath(context.workspace, hostPath);
+      const isFile = opened.info.isFile();
+      if (!isFile && !opened.info.isDirectory()) {
+        await opened.handle.close();
+        return failure(`path: ${where} is not a regular file or a directory`);
+      }
+      const user = await workspaceFileOwner(context.workspace).catch(async (error: unknown) => {
+        await opened.handle.close();
+        throw error;
+      });
       const caseFlag = args.case_sensitive === undefined ? "--smart-case" : args.case_sensitive ? "--case-sensitive" : "--ignore-case";
       const matches: CodeMatch[] = [];
       const files = new Set<string>();
       let total = 0;
       const run = await runRipgrep({
+        cwd: isFile ? "/" : pathThrough(opened.handle),
+        ...(isFile ? { stdin: opened.handle.fd } : {}),
+        user,
         executable,
         args: [
           "--json",
@@ -91,9 +109,8 @@ export function createSearchCodeTool(options: RipgrepToolOptions = {}): ToolDefi
           "-e",
           args.query,
           "--",
-          relative(context.workspace.rootPath, hostPath) || ".",
+          isFile ? "-" : ".",
         ],
-        cwd: context.workspace.rootPath,
         timeoutMs: context.timeoutMs,
         signal: context.signal,
         onLine(line) {
@@ -105,7 +122,8 @@ export function createSearchCodeTool(options: RipgrepToolOptions = {}): ToolDefi
           }
           if (message.type !== "match" || !message.data) return true;
           total += 1;
-          const path = decodeText(message.data.path).replace(/^\.\//, "");
+          // rg names stdin "<stdin>"; a searched directory's files relative to it.
+          const path = isFile ? directory : workspacePathOf(directory, decodeText(message.data.path));
           files.add(path);
           if (matches.length < maxResults) {
             let text = decodeText(message.data.lines).replace(/\r?\n$/, "");
@@ -114,7 +132,7 @@ export function createSearchCodeTool(options: RipgrepToolOptions = {}): ToolDefi
           }
           return total < maxCounted;
         },
-      });
+      }).finally(() => opened.handle.close());
       if (run.stoppedBecause === "timeout") {
         return failure(`search timed out after ${context.timeoutMs} ms; narrow it with path or glob`);
       }
@@ -125,7 +143,6 @@ export function createSearchCodeTool(options: RipgrepToolOptions = {}): ToolDefi
         if (args.glob !== undefined && /glob/i.test(message)) throw new ToolArgumentError(`glob: invalid glob ${JSON.stringify(args.glob)} (${message})`);
         return failure(`search failed: ${message}`);
       }
-      const where = JSON.stringify(displayPath(context.workspace, hostPath));
       if (total === 0) {
         return { success: true, output: `no matches for ${JSON.stringify(args.query)} in ${where}`, result: { matches: [], total_matches: 0 }, truncated: false };
       }

@@ -51,6 +51,19 @@ export interface ToolDefinition<Arguments = Record<string, unknown>> {
    * part of the cache key. Undefined means "do not cache this call".
    */
   cacheFingerprint?(args: Arguments, workspace: Workspace, signal: AbortSignal): Promise<string | undefined>;
+  /**
+   * For a readOnly tool: seconds its results are cached, when shorter than TOOL_CACHE_TTL_S. A
+   * tool whose result depends on the workspace but that has no cacheFingerprint (list_files,
+   * search_code) sets it short: nothing else tells its entries that a command's background
+   * process or someone outside the tool-runner changed the files.
+   */
+  readonly cacheTtlSeconds?: number;
+  /**
+   * False for a tool that never touches the workspace (web_search): the service then neither
+   * requires workspace_id nor opens (or creates) the workspace, and `context.workspace` is a
+   * stand-in whose resolve throws. An id given is still validated. Default true.
+   */
+  readonly needsWorkspace?: false;
 }
 
 /**

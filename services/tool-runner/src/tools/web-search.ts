@@ -47,6 +47,8 @@ export function createWebSearchTool(options: WebSearchOptions = {}): ToolDefinit
       additionalProperties: false,
     },
     readOnly: true,
+    // The web is no part of a workspace: a caller need not have one to search.
+    needsWorkspace: false,
 
     async execute(args, context) {
       if (options.url === undefined) return failure("web_search is not configured: set WEB_SEARCH_URL");

@@ -1,6 +1,7 @@
-import { stat } from "node:fs/promises";
-import { dirname } from "node:path";
-import { displayPath, errorCode, existingMode, failure, makeDirectories, workspaceFileOwner, writeFileAtomic } from "./file-helpers";
+import { lstat } from "node:fs/promises";
+import { basename, dirname } from "node:path";
+import { openDirectoryInside, pathThrough } from "../workspace/safe-open";
+import { displayPath, errorCode, failure, workspaceFileOwner, writeFileAtomic } from "./file-helpers";
 import type { ToolDefinition } from "./tool";
 
 export interface WriteFileArguments {
@@ -32,21 +33,31 @@ export function createWriteFileTool(): ToolDefinition<WriteFileArguments> {
       const hostPath = await context.workspace.resolve(args.path, "path");
       const shown = JSON.stringify(displayPath(context.workspace, hostPath));
       if (hostPath === context.workspace.rootPath) return failure(`path: ${shown} is the workspace root, not a file`);
-      try {
-        if ((await stat(hostPath)).isDirectory()) return failure(`path: ${shown} is a directory`);
-      } catch (error) {
-        if (errorCode(error) === "ENOTDIR") return failure(`path: a parent of ${shown} is a file, not a directory`);
-        if (errorCode(error) !== "ENOENT") throw error;
-      }
       const owner = await workspaceFileOwner(context.workspace);
+      let directory;
       try {
-        await makeDirectories(dirname(hostPath), owner);
+        // Opened (and created) through directory handles, never by name: see workspace/safe-open.
+        directory = await openDirectoryInside(context.workspace, dirname(hostPath), "path", { create: { owner } });
       } catch (error) {
         if (errorCode(error) === "EEXIST" || errorCode(error) === "ENOTDIR") return failure(`path: a parent of ${shown} is a file, not a directory`);
         throw error;
       }
-      const mode = await existingMode(hostPath);
-      await writeFileAtomic(hostPath, args.content, { signal: context.signal, owner, ...(mode === undefined ? {} : { mode }) });
+      let mode: number | undefined;
+      try {
+        const name = basename(hostPath);
+        const existing = await lstat(pathThrough(directory, name)).catch((error: unknown) => {
+          if (errorCode(error) === "ENOENT") return undefined;
+          throw error;
+        });
+        if (existing?.isDirectory()) return failure(`path: ${shown} is a directory`);
+        // A replaced file keeps its mode (less setuid/setgid: this process is root, and a command may have set
+        // them on a file of its own to get content of the caller's choosing run with them); anything else at
+        // the name (a symlink swapped in) is replaced, never followed.
+        mode = existing?.isFile() ? existing.mode & 0o1777 : undefined;
+        await writeFileAtomic(directory, name, args.content, { signal: context.signal, owner, ...(mode === undefined ? {} : { mode }) });
+      } finally {
+        await directory.close();
+      }
       const bytes = Buffer.byteLength(args.content);
       return {
         success: true,

@@ -143,6 +143,25 @@ describe("Workspace.resolve", () => {
     await expect(workspace.resolve("d1/d2/top/..", "path")).rejects.toThrow(/resolves outside the workspace/);
   });
 
+  it.each(["missing/../etc/shadow", "file.txt/../etc/shadow", "a/missing/../../etc/shadow", "missing/../etc"])(
+    "checks every part after a missing one: %p climbs back into a symlink to /etc and is refused",
+    async (path) => {
+      const workspace = await openWorkspace();
+      await mkdir(join(workspace.rootPath, "a"));
+      await writeFile(join(workspace.rootPath, "file.txt"), "x");
+      await symlink("/etc", join(workspace.rootPath, "etc"));
+      await expect(workspace.resolve(path, "path")).rejects.toThrow(/^path: .* resolves outside the workspace \(through the symlink "etc" -> "\/etc"\)$/);
+    },
+  );
+
+  it("still resolves a path below a missing part, and '..' out of a missing part, inside the workspace", async () => {
+    const workspace = await openWorkspace();
+    await mkdir(join(workspace.rootPath, "real"));
+    await symlink("real", join(workspace.rootPath, "alias"));
+    await expect(workspace.resolve("new/dir/file.ts", "path")).resolves.toBe(join(workspace.rootPath, "new/dir/file.ts"));
+    await expect(workspace.resolve("missing/../alias/x", "path")).resolves.toBe(join(workspace.rootPath, "real/x"));
+  });
+
   it("refuses a symlink loop", async () => {
     const workspace = await openWorkspace();
     await symlink("loop-b", join(workspace.rootPath, "loop-a"));

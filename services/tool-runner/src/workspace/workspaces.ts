@@ -106,9 +106,10 @@ export function createWorkspace(id: string, rootPath: string): Workspace {
  * Resolves `path` the way the kernel will when a tool opens it, following every symlink that
  * exists along it (and `..` after a symlink from the symlink's target, as the kernel does), and
  * refuses it unless the result is inside `rootPath`. Returns the resolved path, free of symlinks,
- * so that the caller opens exactly what was checked. Parts that do not exist yet are taken as they
- * are: they cannot be symlinks. A dangling symlink is followed too: writing through it would
- * create its target.
+ * so that the caller opens exactly what was checked (through safe-open, which refuses a path
+ * that changed since). Parts that do not exist yet are taken as they are, they cannot be symlinks,
+ * and every part after them is checked all the same. A dangling symlink is followed too: writing
+ * through it would create its target.
  */
 async function resolveInside(rootPath: string, path: string, argumentName: string): Promise<string> {
   const shown = JSON.stringify(path);
@@ -139,9 +140,12 @@ async function resolveInside(rootPath: string, path: string, argumentName: strin
     } catch (error) {
       const code = (error as NodeJS.ErrnoException).code;
       if (code !== "ENOENT" && code !== "ENOTDIR") throw error;
-      // Nothing exists from here on, so nothing further can be a symlink.
-      current = join(next, ...pending);
-      break;
+      // A missing part (or one below a file) cannot be a symlink, but the walk goes on: a later
+      // ".." climbs back out of it ("nope/../evil/x") into parts that exist and may be symlinks.
+      // Stopping here and joining the rest would let ".." cancel "nope" lexically and leave "evil"
+      // unchecked. The opener refuses what the kernel would (ENOENT, ENOTDIR) when it gets there.
+      current = next;
+      continue;
     }
     if (!isLink) {
       current = next;
@@ -149,7 +153,15 @@ async function resolveInside(rootPath: string, path: string, argumentName: strin
     }
     hops += 1;
     if (hops > maxSymlinkHops) throw new ToolArgumentError(`${argumentName}: ${shown} has too many levels of symbolic links`);
-    const target = await readlink(next);
+    let target: string;
+    try {
+      target = await readlink(next);
+    } catch (error) {
+      // Replaced since the lstat (a command swapping it in a loop): refuse rather than fail internally.
+      const code = (error as NodeJS.ErrnoException).code;
+      if (code !== "EINVAL" && code !== "ENOENT") throw error;
+      throw new ToolArgumentError(`${argumentName}: ${shown} changed while it was being resolved; try again`);
+    }
     lastLink = `${JSON.stringify(isInside(rootPath, next) ? relative(rootPath, next) : next)} -> ${JSON.stringify(target)}`;
     pending.unshift(...splitPath(target));
     if (isAbsolute(target)) current = "/";
