@@ -18,7 +18,16 @@ group (a fork bomb's offspring) dies too. Start background servers with their ou
 
 `kill` ends one command (timeout, output limit, cancel); the tool-runner then retires the container,
 so a process that left its group dies with it. stdin's end (the tool-runner let go) ends the server.
+
+The protocol pipes are the only trusted channel, and commands run as the server's own uid: a
+command that could open /proc/<server>/fd/1 would forge any command's output and exit status, and
+/proc/<server>/fd/0 would let it send requests. So the server makes itself non-dumpable before it
+says it is ready (its /proc entries then belong to root and ptrace is refused), and it is the
+container's PID 1 itself, with no docker-init in front: an init would hold the same pipes as its
+own stdio while staying dumpable. As PID 1 it reaps the orphans of commands (`server &`), and a
+command cannot kill it (PID 1 ignores signals from inside its namespace).
 """
+import ctypes
 import json
 import os
 import selectors
@@ -36,6 +45,17 @@ DRAIN_AFTER_EXIT_S = 0.05
 out = sys.stdout.buffer
 selector = selectors.DefaultSelector()
 running = {}  # id -> {"process", "open": set of fds, "exited_at": float | None}
+
+
+PR_SET_DUMPABLE = 4
+
+
+def make_undumpable():
+    """Closes /proc/<pid>/fd, /proc/<pid>/mem and ptrace of this process to same-uid commands; refuses to serve without it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"prctl(PR_SET_DUMPABLE, 0) failed: {os.strerror(errno)}")
 
 
 def send(kind, command_id, payload):
@@ -107,6 +127,27 @@ def handle_request(line):
     start(command_id, str(request.get("command", "")), str(request.get("cwd", "/workspace")))
 
 
+def reap():
+    """Collects every exited child: the commands' shells (through their Popen) and the orphans reparented to PID 1."""
+    by_pid = {entry["process"].pid: entry for entry in running.values()}
+    while True:
+        try:
+            # WNOWAIT: look first, so that a command's shell is reaped by its Popen, which keeps the status.
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None:
+            return
+        entry = by_pid.get(info.si_pid)
+        if entry is not None:
+            entry["process"].poll()
+        else:
+            try:
+                os.waitpid(info.si_pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
 def next_timeout():
     """None (sleep until something happens) unless a finished shell's children are being drained."""
     deadlines = [entry["exited_at"] + DRAIN_AFTER_EXIT_S for entry in running.values() if entry["exited_at"] is not None]
@@ -114,6 +155,7 @@ def next_timeout():
 
 
 def main():
+    make_undumpable()
     stdin_fd = sys.stdin.buffer.fileno()
     os.set_blocking(stdin_fd, False)
     selector.register(stdin_fd, selectors.EVENT_READ, None)
@@ -156,6 +198,7 @@ def main():
                 send(kind, command_id, chunk)
             else:
                 close_fd(entry, key.fd)
+        reap()
         now = time.monotonic()
         for command_id, entry in list(running.items()):
             if entry["exited_at"] is None and entry["process"].poll() is not None:

@@ -42,6 +42,8 @@ export const toolRunnerConfigSchema = z.object({
   SANDBOX_CPUS: z.coerce.number().positive().default(1),
   SANDBOX_PIDS_LIMIT: positiveInteger(256),
   SANDBOX_TMPFS_MB: positiveInteger(256),
+  /** Container starts under way at once at most (cold sessions and pool refills): a batch over many workspaces must not start dozens together. */
+  SANDBOX_MAX_CONCURRENT_STARTS: positiveInteger(4),
   /** A workspace session's container is recycled after this long without a command. */
   SANDBOX_IDLE_MS: millisecondsVariable(60_000),
   /** Host directory for the sandbox's mount points (workspaces are bound into warm containers here). */

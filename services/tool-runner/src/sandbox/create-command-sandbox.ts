@@ -24,6 +24,7 @@ export type SandboxConfig = Pick<
   | "SANDBOX_CPUS"
   | "SANDBOX_PIDS_LIMIT"
   | "SANDBOX_TMPFS_MB"
+  | "SANDBOX_MAX_CONCURRENT_STARTS"
   | "SANDBOX_IDLE_MS"
   | "SANDBOX_STATE_DIR"
   | "SANDBOX_RUNNER_ID"
@@ -72,6 +73,7 @@ export async function createCommandSandbox(options: CreateCommandSandboxOptions)
       tmpfsMb: config.SANDBOX_TMPFS_MB,
       idleMs: config.SANDBOX_IDLE_MS,
       outputKillBytes: config.COMMAND_OUTPUT_KILL_BYTES,
+      maxConcurrentStarts: config.SANDBOX_MAX_CONCURRENT_STARTS,
       logger,
       metrics,
     });
@@ -80,7 +82,14 @@ export async function createCommandSandbox(options: CreateCommandSandboxOptions)
   };
   const useBubblewrap = (reason: string): CommandSandbox => {
     logger.info({ backend: "bubblewrap", reason }, "command sandbox chosen");
-    return createBubblewrapSandbox({ memoryMb: config.SANDBOX_MEMORY_MB, pidsLimit: config.SANDBOX_PIDS_LIMIT, outputKillBytes: config.COMMAND_OUTPUT_KILL_BYTES, metrics });
+    return createBubblewrapSandbox({
+      memoryMb: config.SANDBOX_MEMORY_MB,
+      pidsLimit: config.SANDBOX_PIDS_LIMIT,
+      tmpfsMb: config.SANDBOX_TMPFS_MB,
+      outputKillBytes: config.COMMAND_OUTPUT_KILL_BYTES,
+      metrics,
+      logger,
+    });
   };
 
   switch (requested) {

@@ -14,6 +14,7 @@ import { SandboxContainerDiedError, type CommandKillReason, type CommandOutcome,
 import { commandServerImagePath } from "./sandbox-image";
 import { recordKill, type SandboxMetrics } from "./sandbox-metrics";
 import { defaultSandboxUser, sandboxUser, type SandboxUser } from "./sandbox-user";
+import { StartLimiter } from "./start-limiter";
 
 /** Settings of the Docker backend (from the SANDBOX_* variables). */
 export interface DockerSandboxOptions {
@@ -30,6 +31,8 @@ export interface DockerSandboxOptions {
   readonly tmpfsMb: number;
   readonly idleMs: number;
   readonly outputKillBytes: number;
+  /** Container starts (cold and pooled) under way at once at most; the others wait their turn. */
+  readonly maxConcurrentStarts: number;
   readonly logger: Logger;
   readonly metrics: SandboxMetrics;
   /**
@@ -132,6 +135,7 @@ export class DockerSandbox implements CommandSandbox {
   readonly #slotsDir: string;
   readonly #stagingDir: string;
   readonly #mountShell = new MountShell();
+  readonly #starts: StartLimiter;
   #warmPool = false;
   readonly #idle: SandboxContainer[] = [];
   #starting = 0;
@@ -150,6 +154,7 @@ export class DockerSandbox implements CommandSandbox {
     this.#poolUser = options.fallbackUser ?? defaultSandboxUser;
     this.#slotsDir = join(options.stateDir, "slots");
     this.#stagingDir = join(options.stateDir, "staging");
+    this.#starts = new StartLimiter(options.maxConcurrentStarts);
     // Every command in flight listens to it (a hundred at once is normal).
     setMaxListeners(0, this.#closing.signal);
   }
@@ -319,8 +324,18 @@ export class DockerSandbox implements CommandSandbox {
     return undefined;
   }
 
-  /** Creates a container, attaches to it (before the start: not a frame is missed), starts it and waits for its command server. */
+  /**
+   * Creates a container, attaches to it (before the start: not a frame is missed), starts it and
+   * waits for its command server; at most `maxConcurrentStarts` at once.
+   */
   async #startContainer(workspaceMount: Docker.MountSettings, user: SandboxUser, slot?: { slotDir: string; stagingDir: string }): Promise<SandboxContainer> {
+    return this.#starts.run(async () => {
+      if (this.#closing.signal.aborted) throw new Error("the sandbox is closed");
+      return this.#startContainerNow(workspaceMount, user, slot);
+    });
+  }
+
+  async #startContainerNow(workspaceMount: Docker.MountSettings, user: SandboxUser, slot?: { slotDir: string; stagingDir: string }): Promise<SandboxContainer> {
     const o = this.#options;
     const container = await withDeadline(
       o.docker.createContainer({
@@ -349,8 +364,10 @@ export class DockerSandbox implements CommandSandbox {
           CapDrop: ["ALL"],
           // Docker's default seccomp profile stays on: no SecurityOpt turns it off.
           SecurityOpt: ["no-new-privileges"],
-          // docker-init as PID 1 reaps the orphans of commands (`server &`); the command server is its child.
-          Init: true,
+          // No docker-init: it would hold the protocol pipes as its stdio while dumpable, so a command
+          // (same uid) could forge frames through /proc/1/fd/1. The command server is PID 1, reaps
+          // orphans itself and is non-dumpable (see command-server.py).
+          Init: false,
           // The command server's stdout carries every command's output: the daemon must not log it to disk too.
           LogConfig: { Type: "none", Config: {} },
           Mounts: [workspaceMount],
@@ -358,6 +375,8 @@ export class DockerSandbox implements CommandSandbox {
       }),
       dockerCallDeadlineMs,
       "creating a sandbox container",
+      // A create that answers after the deadline made a container nobody tracks: remove it now, not at the next restart.
+      { onAbandoned: (late) => this.#track(this.#remove({ id: late.id, container: late, commands: 0, tainted: true, oomKillsSeen: 0 })) },
     );
     const box: SandboxContainer = { id: container.id, container, user, ...slot, commands: 0, tainted: false, oomKillsSeen: 0 };
     try {
@@ -365,6 +384,8 @@ export class DockerSandbox implements CommandSandbox {
         container.attach({ stream: true, stdin: true, stdout: true, stderr: true, hijack: true }),
         dockerCallDeadlineMs,
         "attaching to a sandbox container",
+        // The container itself is removed below; a late stream must not stay open to it.
+        { onAbandoned: (late) => (late as unknown as Duplex).destroy() },
       )) as unknown as Duplex;
       const server = new CommandServerConnection(stream, {
         onServerStderr: (text) => o.logger.debug({ container: container.id, text: text.slice(0, 2_000) }, "sandbox command server stderr"),
@@ -722,9 +743,6 @@ function notRun(reason: "timeout" | "cancelled", startedAt: number, metrics: San
   recordKill(metrics, reason);
   return { exitCode: null, output: "", truncated: false, killedBecause: reason, durationMs: performance.now() - startedAt };
 }
-
-/** Splits Docker's multiplexed streams; moved to command-server-client, re-exported for old importers. */
-export { createDemultiplexer } from "./command-server-client";
 
 async function delay(ms: number, signal?: AbortSignal): Promise<void> {
   await new Promise<void>((resolve) => {

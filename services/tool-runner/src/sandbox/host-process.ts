@@ -84,17 +84,49 @@ async function delay(ms: number): Promise<void> {
   });
 }
 
-/** Resolves as `promise` does, or rejects with `message` after `ms`. */
-export async function withDeadline<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+/** What to do when `withDeadline` gave up on a promise that then still resolved or was aborted. */
+export interface DeadlineOptions<T> {
+  /**
+   * Called with the value of a promise that resolved after the deadline (or the abort): a container
+   * created too late, say, which nobody else tracks and which must then be removed.
+   */
+  readonly onAbandoned?: (value: T) => void;
+  /** Rejects at once with the signal's reason when it aborts. */
+  readonly signal?: AbortSignal;
+}
+
+/** Resolves as `promise` does, or rejects with `message` after `ms` (or when `options.signal` aborts). */
+export async function withDeadline<T>(promise: Promise<T>, ms: number, message: string, options: DeadlineOptions<T> = {}): Promise<T> {
+  const { onAbandoned, signal } = options;
   let timer: NodeJS.Timeout | undefined;
+  let onAbort: (() => void) | undefined;
+  let abandoned = false;
+  promise.then(
+    (value) => {
+      if (abandoned) onAbandoned?.(value);
+    },
+    () => {}, // The caller sees the rejection through the race below, or gave up on it.
+  );
   try {
     return await Promise.race([
       promise,
       new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`${message} within ${ms} ms`)), ms);
+        timer = setTimeout(() => {
+          abandoned = true;
+          reject(new Error(`${message} within ${ms} ms`));
+        }, ms);
+        if (signal !== undefined) {
+          onAbort = () => {
+            abandoned = true;
+            reject(signal.reason instanceof Error ? signal.reason : new Error(`${message}: aborted`));
+          };
+          if (signal.aborted) onAbort();
+          else signal.addEventListener("abort", onAbort, { once: true });
+        }
       }),
     ]);
   } finally {
     clearTimeout(timer);
+    if (onAbort !== undefined) signal?.removeEventListener("abort", onAbort);
   }
 }

@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { access, chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Registry } from "prom-client";
@@ -30,6 +30,7 @@ const config = (overrides: Partial<SandboxConfig>): SandboxConfig => ({
   SANDBOX_CPUS: 1,
   SANDBOX_PIDS_LIMIT: 256,
   SANDBOX_TMPFS_MB: 16,
+  SANDBOX_MAX_CONCURRENT_STARTS: 4,
   SANDBOX_IDLE_MS: 60_000,
   SANDBOX_STATE_DIR: join(tmpdir(), "unused-sandbox-state"),
   SANDBOX_RUNNER_ID: "spec-host",
@@ -92,9 +93,21 @@ describe("the bubblewrap sandbox", () => {
   it("kills the whole process tree at the timeout", async () => {
     const workspace = await makeWorkspace("bwrap-timeout");
     const startedAt = performance.now();
-    const outcome = await sandbox.run(workspace, request("sleep 1000 & sleep 1000", { timeoutMs: 500 }));
+    // The background child would leave a marker 1 s in: after the kill and 1.5 s more there must be none.
+    const outcome = await sandbox.run(workspace, request("(sleep 1; echo late > marker) & sleep 1000", { timeoutMs: 300 }));
     expect(outcome).toMatchObject({ exitCode: null, killedBecause: "timeout" });
-    expect(performance.now() - startedAt).toBeLessThan(3_000);
+    expect(performance.now() - startedAt).toBeLessThan(20_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    await expect(access(join(workspace.hostPath, "marker"))).rejects.toMatchObject({ code: "ENOENT" });
+  });
+
+  it("bounds /tmp by its size: a write past it fails with No space left on device", async () => {
+    const workspace = await makeWorkspace("bwrap-tmpfs");
+    // SANDBOX_TMPFS_MB is 16 here.
+    const outcome = await sandbox.run(workspace, request("head -c 20M /dev/zero > /tmp/x; echo status $?; du -m /tmp/x"));
+    expect(outcome.output).toContain("No space left on device");
+    expect(outcome.output).toMatch(/status [1-9]/);
+    expect(outcome.output).toMatch(/^1[0-6]\s+\/tmp\/x$/m);
   });
 
   it("kills a flood of output at the kill limit, keeping head and tail", async () => {
@@ -102,6 +115,35 @@ describe("the bubblewrap sandbox", () => {
     const outcome = await sandbox.run(workspace, request("yes", { outputLimitBytes: 100 }));
     expect(outcome).toMatchObject({ exitCode: null, killedBecause: "output-limit", truncated: true });
     expect(outcome.output).toMatch(/^(y\n)+y?\n… \[\d+ bytes cut\] …\n/);
+  });
+});
+
+describe("the bubblewrap sandbox's memory cgroup", () => {
+  const cgroups = "/sys/fs/cgroup/memory";
+  const ours = async () => (await readdir(cgroups)).filter((name) => name.startsWith("vlinders-bwrap-"));
+
+  it("ends a sandbox whose /tmp outgrows its memory, leaves the host unharmed and removes its cgroup", async () => {
+    // Runs as root on cgroup v1 here, as this service does in production; without them there is no total cap to test.
+    expect(process.getuid?.()).toBe(0);
+    const before = await ours();
+    // /tmp may grow to 256 MB but the sandbox has 64 MB of memory: tmpfs pages count towards it.
+    const sandbox = await createCommandSandbox({ config: config({ SANDBOX_BACKEND: "bubblewrap", SANDBOX_MEMORY_MB: 64, SANDBOX_TMPFS_MB: 256 }), logger, metrics: new Registry() });
+    const workspace = await makeWorkspace("bwrap-memory");
+    const outcome = await sandbox.run(workspace, request("head -c 200M /dev/zero > /tmp/x && echo wrote it all", { timeoutMs: 60_000 }));
+    expect(outcome.output).not.toContain("wrote it all");
+    expect(outcome.killedBecause === "out-of-memory" || (outcome.exitCode !== null && outcome.exitCode !== 0)).toBe(true);
+    expect(outcome.killedBecause).not.toBe("timeout");
+    // Many processes, each under its address-space limit, together over the cgroup's.
+    const bomb = await sandbox.run(
+      workspace,
+      request(`for i in 1 2 3 4 5 6; do (python3 -c "b = bytearray(30 * 2**20); import time; time.sleep(3)" && echo survived) & done; wait`, { timeoutMs: 60_000 }),
+    );
+    expect(bomb.killedBecause).not.toBe("timeout");
+    expect(bomb.output.match(/survived/g)?.length ?? 0).toBeLessThan(6);
+    // The host is unharmed: the next sandbox works, and no cgroup of these commands is left.
+    expect(await sandbox.run(workspace, request("echo fine"))).toMatchObject({ exitCode: 0, output: "fine\n" });
+    await sandbox.close();
+    expect(await ours()).toEqual(before);
   });
 });
 
@@ -161,7 +203,7 @@ describe("choosing a backend", () => {
 
   it("counts kills on the registry it is given", async () => {
     const registry = new Registry();
-    const sandbox = createBubblewrapSandbox({ memoryMb: 1024, pidsLimit: 256, outputKillBytes: 1024, metrics: createSandboxMetrics(registry) });
+    const sandbox = createBubblewrapSandbox({ memoryMb: 1024, pidsLimit: 256, tmpfsMb: 16, outputKillBytes: 1024, metrics: createSandboxMetrics(registry) });
     const workspace = await makeWorkspace("metrics");
     await sandbox.run(workspace, request("sleep 10", { timeoutMs: 100 }));
     expect(await registry.getSingleMetricAsString("tool_runner_sandbox_kills_total")).toContain('reason="timeout"} 1');

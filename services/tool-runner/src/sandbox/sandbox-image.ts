@@ -4,9 +4,11 @@ import { existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, statSy
 import { chmod, mkdir, mkdtemp, open, rm, stat, symlink, unlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import type { Readable } from "node:stream";
 import { promisify } from "node:util";
 import type Docker from "dockerode";
 import type { Logger } from "@vlinders/service-runtime";
+import { withDeadline } from "./host-process";
 import { SandboxUnavailableError } from "./sandbox";
 
 const execFileAsync = promisify(execFile);
@@ -40,6 +42,8 @@ const searchPath = ["/usr/bin", "/bin", "/usr/local/bin"];
 
 const lockStaleMs = 10 * 60_000;
 const buildDeadlineMs = 5 * 60_000;
+// An inspect answers in milliseconds; a daemon that does not answer in this long is hung, and start-up must fail rather than hang.
+const inspectDeadlineMs = 30_000;
 
 /**
  * Makes sure the sandbox image exists. A missing image is built from this machine's own files
@@ -56,7 +60,7 @@ export async function ensureSandboxImage(options: { docker: Docker; image: strin
   let recipe: ReturnType<typeof resolveRecipe> | undefined;
   for (;;) {
     options.signal?.throwIfAborted();
-    const current = await imageRecipe(docker, image);
+    const current = await imageRecipe(docker, image, options.signal);
     if (current === "no-label") return;
     if (!options.build) {
       if (current === "missing") {
@@ -71,7 +75,7 @@ export async function ensureSandboxImage(options: { docker: Docker; image: strin
     if (lock) {
       try {
         // Another process may have finished the build between the check and the lock.
-        const again = await imageRecipe(docker, image);
+        const again = await imageRecipe(docker, image, options.signal);
         if (again === "no-label" || again === recipe.hash) return;
         const startedAt = performance.now();
         logger.info({ image, reason: again === "missing" ? "missing" : "stale recipe" }, "building the sandbox image from this machine's files");
@@ -102,9 +106,9 @@ async function tryLock(path: string): Promise<boolean> {
   }
 }
 
-async function imageRecipe(docker: Docker, image: string): Promise<string> {
+async function imageRecipe(docker: Docker, image: string, signal: AbortSignal | undefined): Promise<string> {
   try {
-    const info = await docker.getImage(image).inspect();
+    const info = await withDeadline(docker.getImage(image).inspect(), inspectDeadlineMs, `inspecting the sandbox image ${image}`, signal === undefined ? {} : { signal });
     return info.Config?.Labels?.[recipeLabel] ?? "no-label";
   } catch (error: unknown) {
     if ((error as { statusCode?: number }).statusCode === 404) return "missing";
@@ -166,7 +170,9 @@ async function sharedLibraries(paths: string[]): Promise<string[]> {
   return [...libraries];
 }
 
-async function buildImage(docker: Docker, image: string, recipe: Recipe, signal: AbortSignal | undefined): Promise<void> {
+async function buildImage(docker: Docker, image: string, recipe: Recipe, callerSignal: AbortSignal | undefined): Promise<void> {
+  // Everything the build starts (tar, the import request, its progress) ends at the caller's abort or the deadline.
+  const signal = AbortSignal.any([AbortSignal.timeout(buildDeadlineMs), ...(callerSignal === undefined ? [] : [callerSignal])]);
   const elfCandidates = [...recipe.toolPaths.map((path) => realpathSync(path))];
   for (const dir of ["/usr/lib/git-core", "/usr/lib/python3.11/lib-dynload"]) {
     if (!existsSync(dir)) continue;
@@ -209,7 +215,13 @@ async function buildImage(docker: Docker, image: string, recipe: Recipe, signal:
     });
     const [repo, tag] = splitImageName(image);
     const labelChange = `LABEL ${recipeLabel}=${recipe.hash}`;
-    const progress = await docker.importImage(tar.stdout, { repo, tag, changes: [...changes, labelChange] } as object);
+    // dockerode 5 takes an abortSignal here (it aborts the request); its @types (v4) do not know it.
+    const progress = await withDeadline(
+      docker.importImage(tar.stdout, { repo, tag, changes: [...changes, labelChange], abortSignal: signal } as object),
+      buildDeadlineMs,
+      "importing the sandbox image",
+      { signal, onAbandoned: (late) => (late as Readable).destroy() },
+    );
     const imported = new Promise<void>((resolveImport, reject) => {
       docker.modem.followProgress(progress, (error: Error | null, events: { error?: string }[]) => {
         const failure = error ?? events.find((event) => event.error !== undefined)?.error;
@@ -217,7 +229,15 @@ async function buildImage(docker: Docker, image: string, recipe: Recipe, signal:
         else resolveImport();
       });
     });
-    const [tarCode] = await Promise.all([tarExit, imported]);
+    let tarCode: number | null;
+    try {
+      [tarCode] = await withDeadline(Promise.all([tarExit, imported]), buildDeadlineMs, "building the sandbox image", { signal });
+    } catch (error: unknown) {
+      // A hung daemon never ends the progress stream by itself.
+      (progress as Readable).destroy();
+      tar.kill("SIGKILL");
+      throw error;
+    }
     if (tarCode !== 0) throw new Error(`tar of the sandbox root filesystem failed (exit ${tarCode}): ${tarErrors.trim()}`);
   } finally {
     await rm(skeleton, { recursive: true, force: true });

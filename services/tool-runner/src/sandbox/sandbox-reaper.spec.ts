@@ -35,6 +35,7 @@ const config = (stateDir: string): SandboxConfig => ({
   SANDBOX_CPUS: 1,
   SANDBOX_PIDS_LIMIT: 64,
   SANDBOX_TMPFS_MB: 16,
+  SANDBOX_MAX_CONCURRENT_STARTS: 4,
   SANDBOX_IDLE_MS: 60_000,
   SANDBOX_STATE_DIR: stateDir,
   SANDBOX_RUNNER_ID: runnerId,
