@@ -188,17 +188,17 @@ describe("the orchestrator's AgentService", () => {
     expect(new Set(events.map((event) => event.runId)).size).toBe(1);
   });
 
-  it("answers UNIMPLEMENTED for what later issues build, and INVALID_ARGUMENT for unknown agent types", async () => {
+  it("answers INVALID_ARGUMENT for an unknown agent type or run id, and NOT_FOUND for a run it never had", async () => {
     const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
     const drain = async (agentType: string) => {
       for await (const _event of agents.streamAgent(request(agentType, "x"))) {
         // Reading to the end or to the error.
       }
     };
-    await expect(drain("plan")).rejects.toMatchObject({ code: Status.UNIMPLEMENTED });
     await expect(drain("wizard")).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringContaining("agent_type") });
-    await expect(agents.runAgent(request("chat", "x"))).rejects.toMatchObject({ code: Status.UNIMPLEMENTED });
-    await expect(agents.getAgent({ runId: "x" })).rejects.toMatchObject({ code: Status.UNIMPLEMENTED });
+    await expect(agents.runAgent(request("wizard", "x"))).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT });
+    await expect(agents.getAgent({ runId: "x" })).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^run_id: /) });
+    await expect(agents.getAgent({ runId: "00000000-0000-4000-8000-000000000000" })).rejects.toMatchObject({ code: Status.NOT_FOUND });
   });
 });
 

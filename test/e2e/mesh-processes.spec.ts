@@ -3,7 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { startMesh, type Mesh } from "@vlinders/mesh-launcher";
-import { InferenceServiceDefinition, ToolServiceDefinition } from "@vlinders/proto";
+import { AgentServiceDefinition, AgentStatus, InferenceServiceDefinition, ToolServiceDefinition, type AgentEvent, type RunAgentRequest } from "@vlinders/proto";
 import { createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
 import { HealthDefinition } from "nice-grpc-server-health";
 import { readChat, userSays } from "../support/chat";
@@ -31,10 +31,12 @@ describe("the mesh as separate processes", () => {
     sandboxStateDir = await mkdtemp(join(tmpdir(), "mesh-e2e-sandbox-"));
     await mkdir(join(workspaceRoot, "butterfly/src"), { recursive: true });
     await writeFile(join(workspaceRoot, "butterfly/src/wings.py"), "def flap(times):\n    return 'flap' * times\n");
+    await writeFile(join(workspaceRoot, "butterfly/NOTES.md"), "Monarchs migrate 4000 km every autumn.\n");
+    await writeFile(join(workspaceRoot, "butterfly/HABITAT.md"), "Milkweed is where the caterpillars feed.\n");
     mesh = await startMesh({
       rootDir,
-      grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0 },
-      metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0 },
+      grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0, context: 0 },
+      metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0, context: 0 },
       workers: { kind: "simulator", port: 0, timeToFirstTokenMs: 20, interTokenLatencyMs: 5 },
       env: {
         ...process.env,
@@ -46,6 +48,8 @@ describe("the mesh as separate processes", () => {
         SANDBOX_POOL_SIZE: "1",
         SANDBOX_STATE_DIR: sandboxStateDir,
         SANDBOX_RUNNER_ID: `mesh-e2e-${process.pid}`,
+        // The machine's PostgreSQL: the embedded PGlite would add seconds to two services' start.
+        DATABASE_URL: process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test",
       },
       onLine: (name, line) => output.push(`[${name}] ${line}`),
     });
@@ -70,6 +74,7 @@ describe("the mesh as separate processes", () => {
   it("lets a generic client discover the services by reflection and see Chat as server-streaming", async () => {
     expect(await listServices(mesh.gatewayAddress, secret)).toEqual([
       "grpc.health.v1.Health",
+      "vlinders.v1.AgentService",
       "vlinders.v1.InferenceService",
       "vlinders.v1.ToolService",
     ]);
@@ -122,6 +127,72 @@ describe("the mesh as separate processes", () => {
     expect(await call("run_command", { command: "echo alive" })).toMatchObject({ success: true, output: "alive\n" });
   }, 60_000);
 
+  describe("agent runs through the gateway", () => {
+    const agentRequest = (agentType: string, instruction: string): RunAgentRequest => ({
+      agentType,
+      instruction,
+      workspaceId: "butterfly",
+      model: "",
+      history: [],
+      tools: [],
+      sampling: undefined,
+      userId: "e2e",
+      sessionId: "",
+      overrides: undefined,
+    });
+    const agents = () => createClient(AgentServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+
+    it("runs an explore agent that reads a workspace file with a real tool call and answers from it, and GetAgent reports it", async () => {
+      const client = agents();
+      const events: AgentEvent[] = [];
+      for await (const event of client.streamAgent(agentRequest("explore", 'call read_file {"path":"NOTES.md"} then answer'))) events.push(event);
+      const kinds = events.map((event) => event.event?.$case);
+      expect(kinds[0]).toBe("runStarted");
+      expect(kinds).toContain("toolCallRequested");
+      const toolResult = events.find((event) => event.event?.$case === "toolResult");
+      expect(toolResult?.event?.$case === "toolResult" && toolResult.event.value).toMatchObject({ toolName: "read_file", success: true });
+      const finished = events.at(-1);
+      expect(finished?.event?.$case).toBe("runFinished");
+      if (finished?.event?.$case !== "runFinished") throw new Error("no run_finished event");
+      expect(finished.event.value).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", iterations: 2 });
+      expect(finished.event.value.response).toContain("Monarchs migrate 4000 km");
+
+      const run = await client.getAgent({ runId: finished.runId });
+      expect(run).toMatchObject({ runId: finished.runId, agentType: "explore", status: AgentStatus.AGENT_STATUS_SUCCEEDED, iterations: 2 });
+      expect(run.response).toContain("Monarchs migrate 4000 km");
+    });
+
+    it("runs a plan agent that sends two explore sub-agents in parallel and merges what they found", async () => {
+      const tasks = [
+        { agent_type: "explore", instruction: 'call read_file {"path":"NOTES.md"} then answer' },
+        { agent_type: "explore", instruction: 'call read_file {"path":"HABITAT.md"} then answer' },
+      ];
+      const events: AgentEvent[] = [];
+      for await (const event of agents().streamAgent(agentRequest("plan", `call spawn_subagents ${JSON.stringify({ tasks })} then answer`))) events.push(event);
+      const started = events.flatMap((event) => (event.event?.$case === "subagentStarted" ? [event.event.value] : []));
+      const finished = events.flatMap((event) => (event.event?.$case === "subagentFinished" ? [event.event.value] : []));
+      expect(started.map((child) => child.agentType)).toEqual(["explore", "explore"]);
+      expect(finished.every((child) => child.status === AgentStatus.AGENT_STATUS_SUCCEEDED)).toBe(true);
+      // Both children ran before either finished: they ran side by side, not one after the other.
+      const firstFinished = events.findIndex((event) => event.event?.$case === "subagentFinished");
+      const lastStarted = events.map((event) => event.event?.$case).lastIndexOf("subagentStarted");
+      expect(lastStarted).toBeLessThan(firstFinished);
+      // The merged result goes back to the planner in task order, and its answer is built from it.
+      const merged = events.flatMap((event) => (event.event?.$case === "toolResult" && event.event.value.toolName === "spawn_subagents" ? [event.event.value] : []));
+      expect(merged).toHaveLength(1);
+      const children = JSON.parse(merged[0]?.resultJson || merged[0]?.output || "[]") as Array<{ response: string }>;
+      expect(children[0]?.response).toContain("Monarchs migrate");
+      expect(children[1]?.response).toContain("Milkweed");
+      const runFinished = events.at(-1)?.event;
+      expect(runFinished).toMatchObject({ $case: "runFinished", value: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed" } });
+      expect(runFinished?.$case === "runFinished" && runFinished.value.response).toMatch(/^Based on spawn_subagents: .*Monarchs migrate/);
+    });
+
+    it("refuses an unknown agent type, naming the field", async () => {
+      await expect(agents().runAgent(agentRequest("wizard", "hi"))).rejects.toMatchObject({ code: Status.INVALID_ARGUMENT, details: expect.stringMatching(/^agent_type: /) });
+    });
+  });
+
   it("serves Prometheus metrics from each service", async () => {
     const gateway = mesh.processes.find((process) => process.name === "gateway");
     const response = await fetch(`http://127.0.0.1:${String(gateway?.listening.metrics_port)}/metrics`, { signal: AbortSignal.timeout(5_000) });
@@ -149,6 +220,6 @@ describe("the mesh as separate processes", () => {
     );
     channel.close();
     await mesh.stop();
-    expect(await Promise.all(exits)).toEqual([0, 0, 0, 0, 0]);
+    expect(await Promise.all(exits)).toEqual([0, 0, 0, 0, 0, 0]);
   });
 });

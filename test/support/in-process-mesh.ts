@@ -29,7 +29,7 @@ export async function startInProcessMesh(
     return `127.0.0.1:${grpcPort}`;
   };
   const common = { INTERNAL_SECRET: meshSecret };
-  // The machine's PostgreSQL: the embedded PGlite would add seconds to every broker start.
+  // The machine's PostgreSQL: the embedded PGlite would add seconds to every broker and orchestrator start.
   const database = { DATABASE_URL: process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test" };
   try {
     const { url } = await simulator.listen(0);
@@ -38,12 +38,11 @@ export async function startInProcessMesh(
       createInProcessRuntime("inference-broker", { internalSecret: meshSecret }),
     );
     const brokerAddress = await listen(broker.host);
-    const orchestratorAddress = await listen(
-      createOrchestrator(
-        loadConfig(orchestratorConfigSchema, { ...common, INFERENCE_BROKER_ADDRESS: brokerAddress }),
-        createInProcessRuntime("orchestrator", { internalSecret: meshSecret }),
-      ),
+    const orchestrator = await createOrchestrator(
+      loadConfig(orchestratorConfigSchema, { ...common, ...database, INFERENCE_BROKER_ADDRESS: brokerAddress }),
+      createInProcessRuntime("orchestrator", { internalSecret: meshSecret }),
     );
+    const orchestratorAddress = await listen(orchestrator.host);
     const gatewayAddress = await listen(
       createGateway(
         loadConfig(gatewayConfigSchema, { ...common, ORCHESTRATOR_ADDRESS: orchestratorAddress, INFERENCE_BROKER_ADDRESS: brokerAddress }),

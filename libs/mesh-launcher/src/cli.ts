@@ -29,7 +29,7 @@ function workersFromEnv(): MeshOptions["workers"] {
 }
 
 async function main(): Promise<void> {
-  const names = ["vllm-simulator", "inference-broker", "tool-runner", "orchestrator", "gateway"];
+  const names = ["vllm-simulator", "inference-broker", "tool-runner", "context", "orchestrator", "gateway"];
   const width = Math.max(...names.map((name) => name.length));
   const colour = process.stdout.isTTY === true && !process.env.NO_COLOR;
   const gatewayPort = portFromEnv("GATEWAY_PORT", 50051);
@@ -43,8 +43,9 @@ async function main(): Promise<void> {
       orchestrator: portFromEnv("ORCHESTRATOR_PORT", 50052),
       inferenceBroker: portFromEnv("INFERENCE_BROKER_PORT", 50053),
       toolRunner: portFromEnv("TOOL_RUNNER_PORT", 50054),
+      context: portFromEnv("CONTEXT_PORT", 50055),
     },
-    metricsPorts: { gateway: 9091, orchestrator: 9092, inferenceBroker: 9093, toolRunner: 9094 },
+    metricsPorts: { gateway: 9091, orchestrator: 9092, inferenceBroker: 9093, toolRunner: 9094, context: 9095 },
     workers: workersFromEnv(),
     env: inheritedEnv,
     onLine: (name, line) => {

@@ -5,9 +5,9 @@ export interface MeshOptions {
   /** The repository root (where services/ and configs/ are). */
   rootDir: string;
   /** gRPC ports; 0 picks free ports. */
-  grpcPorts: { gateway: number; orchestrator: number; inferenceBroker: number; toolRunner: number };
+  grpcPorts: { gateway: number; orchestrator: number; inferenceBroker: number; toolRunner: number; context: number };
   /** Metrics ports; 0 picks free ports. */
-  metricsPorts: { gateway: number; orchestrator: number; inferenceBroker: number; toolRunner: number };
+  metricsPorts: { gateway: number; orchestrator: number; inferenceBroker: number; toolRunner: number; context: number };
   /**
    * Where the broker's workers come from: real workers (VLLM_URLS or a models file), or a vLLM
    * simulator started here, either on a port that the models file names or on a free port that
@@ -39,7 +39,7 @@ function port(process: MeshProcess, field: string): number {
   return value;
 }
 
-/** Starts simulator (when asked), inference-broker, tool-runner, orchestrator and gateway as separate processes. */
+/** Starts simulator (when asked), inference-broker, tool-runner, context, orchestrator and gateway as separate processes. */
 export async function startMesh(options: MeshOptions): Promise<Mesh> {
   const started: MeshProcess[] = [];
   const readyTimeoutMs = options.readyTimeoutMs ?? 30_000;
@@ -87,17 +87,24 @@ export async function startMesh(options: MeshOptions): Promise<Mesh> {
       GRPC_PORT: String(options.grpcPorts.toolRunner),
       METRICS_PORT: String(options.metricsPorts.toolRunner),
     });
+    const toolRunnerAddress = `127.0.0.1:${port(toolRunner, "grpc_port")}`;
+    await spawn("context", "services/context/dist/main.js", {
+      GRPC_PORT: String(options.grpcPorts.context),
+      METRICS_PORT: String(options.metricsPorts.context),
+      INFERENCE_BROKER_ADDRESS: brokerAddress,
+    });
     const orchestrator = await spawn("orchestrator", "services/orchestrator/dist/main.js", {
       GRPC_PORT: String(options.grpcPorts.orchestrator),
       METRICS_PORT: String(options.metricsPorts.orchestrator),
       INFERENCE_BROKER_ADDRESS: brokerAddress,
+      TOOL_RUNNER_ADDRESS: toolRunnerAddress,
     });
     const gateway = await spawn("gateway", "services/gateway/dist/main.js", {
       GRPC_PORT: String(options.grpcPorts.gateway),
       METRICS_PORT: String(options.metricsPorts.gateway),
       ORCHESTRATOR_ADDRESS: `127.0.0.1:${port(orchestrator, "grpc_port")}`,
       INFERENCE_BROKER_ADDRESS: brokerAddress,
-      TOOL_RUNNER_ADDRESS: `127.0.0.1:${port(toolRunner, "grpc_port")}`,
+      TOOL_RUNNER_ADDRESS: toolRunnerAddress,
     });
     return {
       gatewayAddress: `127.0.0.1:${port(gateway, "grpc_port")}`,

@@ -7,6 +7,7 @@ import {
   type ServiceRuntime,
 } from "@vlinders/service-runtime";
 import type { GatewayConfig } from "./config";
+import { createGatewayAgentService, GatewayAgentServiceDefinition } from "./agent-service";
 import { createGatewayInferenceService, GatewayInferenceServiceDefinition, RelayAgentServiceDefinition } from "./inference-service";
 import { createGatewayToolService } from "./tool-service";
 
@@ -16,14 +17,13 @@ export function createGateway(config: GatewayConfig, runtime: ServiceRuntime): S
   const orchestratorChannel = createInternalChannel(config.ORCHESTRATOR_ADDRESS);
   const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
   const toolRunnerChannel = createInternalChannel(config.TOOL_RUNNER_ADDRESS);
+  const agents = createInternalClient(RelayAgentServiceDefinition, orchestratorChannel, clientOptions);
   const host = createServiceHost(runtime);
   host.add(
     GatewayInferenceServiceDefinition,
-    createGatewayInferenceService({
-      agents: createInternalClient(RelayAgentServiceDefinition, orchestratorChannel, clientOptions),
-      inference: createInternalClient(InferenceServiceDefinition, brokerChannel, clientOptions),
-    }),
+    createGatewayInferenceService({ agents, inference: createInternalClient(InferenceServiceDefinition, brokerChannel, clientOptions) }),
   );
+  host.add(GatewayAgentServiceDefinition, createGatewayAgentService({ agents }));
   // Each tool's own timeout is enforced in the tool-runner; DOWNSTREAM_DEADLINE_MS only bounds calls that set no deadline.
   host.add(
     ToolServiceDefinition,

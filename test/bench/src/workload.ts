@@ -124,8 +124,8 @@ export async function startWorkload(options: WorkloadOptions): Promise<Workload>
     if (launcherCanSeeThem) {
       const launched: Mesh = await startMesh({
         rootDir: options.rootDir,
-        grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0 },
-        metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0 },
+        grpcPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0, context: 0 },
+        metricsPorts: { gateway: 0, orchestrator: 0, inferenceBroker: 0, toolRunner: 0, context: 0 },
         workers: { kind: "vllm-urls", urls: simulatorUrl },
         env: serviceEnv,
         onLine: log.onLine,
