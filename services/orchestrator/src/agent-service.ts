@@ -85,6 +85,7 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
           depth: 0,
           signal: run.signal,
           emit: () => {},
+          streamModelEvents: false,
         });
         return response;
       } finally {

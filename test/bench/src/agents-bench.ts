@@ -12,6 +12,7 @@ import { join, resolve } from "node:path";
 import { startMesh, spawnService, type Mesh, type MeshProcess } from "@vlinders/mesh-launcher";
 import { AgentServiceDefinition, AgentStatus, type AgentServiceClient, type RunAgentResponse } from "@vlinders/proto";
 import { createChannel, createClient, Metadata, type Channel } from "nice-grpc";
+import { cpuPercent, cpuSnapshot } from "./process-stats";
 import { Samples, type Summary } from "./stats";
 
 const rootDir = resolve(__dirname, "../../..");
@@ -146,7 +147,11 @@ async function main(): Promise<void> {
     const sequentialSample = await sequential(agents, options.sequentialSamplesFor100);
     const sequential100Ms = (sequentialSample.wallMs * 100) / options.sequentialSamplesFor100;
     note("N = 100: concurrent runs…");
+    // Where the CPU goes while 100 runs share two cores: the ceiling of the speedup.
+    const processes = [simulator, ...mesh.processes].map((process_) => ({ name: process_.name, pid: process_.child.pid ?? -1 }));
+    const cpuBefore = cpuSnapshot(processes);
     const concurrent100 = await concurrent(agents, 100);
+    const cpuDuring100 = cpuPercent(cpuBefore, cpuSnapshot(processes));
 
     const speedup3 = sequential3.wallMs / concurrent3.wallMs;
     const speedup100 = sequential100Ms / concurrent100.wallMs;
@@ -168,6 +173,11 @@ async function main(): Promise<void> {
       "",
       `speedup N=3: ${speedup3.toFixed(2)}x, N=100: ${speedup100.toFixed(1)}x (goal >= ${goal.speedup100})`,
     ];
+    lines.push(
+      `CPU during N=100 concurrent (% of one core): ${Object.entries(cpuDuring100)
+        .map(([name, percent]) => `${name} ${percent.toFixed(0)}`)
+        .join(", ")}`,
+    );
     const failures = [...sequential3.failures, ...concurrent3.failures, ...sequentialSample.failures, ...concurrent100.failures];
     if (failures.length > 0) lines.push(`failures (first 5): ${failures.slice(0, 5).join(" | ")}`);
     process.stdout.write(`${lines.join("\n")}\n`);
@@ -186,6 +196,7 @@ async function main(): Promise<void> {
         run_p50_ms_concurrent_100: round(concurrent100.latencies.p50),
         mean_iterations: round(allIterations.reduce((sum, value) => sum + value, 0) / Math.max(1, allIterations.length)),
         errors: failures.length,
+        cpu_percent_during_100: Object.fromEntries(Object.entries(cpuDuring100).map(([name, percent]) => [name, Math.round(percent)])),
         goal_met: speedup100 >= goal.speedup100 && failures.length === 0,
       })}\n`,
     );

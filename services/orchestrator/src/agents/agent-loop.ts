@@ -76,6 +76,11 @@ export interface RunOptions {
    * than piling events up. The model's events are the broker's bytes framed, never re-encoded.
    */
   emit(event: Uint8Array): void | Promise<void>;
+  /**
+   * False when nobody reads the model's tokens (RunAgent): model calls are then one Complete each
+   * and no model_event is emitted; the other events still are. Default true.
+   */
+  readonly streamModelEvents?: boolean;
 }
 
 /** How a run ended: RunAgent's answer, plus why it failed when it did. */
@@ -105,6 +110,8 @@ interface InternalRunOptions {
   readonly signal: AbortSignal;
   readonly send: (event: Uint8Array, isModelEvent: boolean) => Promise<void>;
   readonly budget: RunBudget | undefined;
+  /** False: nobody reads the model's tokens, so each model call is one Complete instead of a stream. */
+  readonly streamModelEvents: boolean;
 }
 
 /** What the model said in one call. */
@@ -312,7 +319,9 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         if (iterations >= run.maxIterations) return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "max_iterations", error: `stopped after ${run.maxIterations} iterations` });
         signal.throwIfAborted();
         iterations += 1;
-        const turn = await callModel(request, model, messages, run.tools, signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true));
+        const turn = options.streamModelEvents
+          ? await callModel(request, model, messages, run.tools, signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true))
+          : await completeModel(request, model, messages, run.tools, signal);
         addUsage(usage, turn.usage);
         budget.addTokens(turn.usage ? turn.usage.totalTokens || turn.usage.promptTokens + turn.usage.completionTokens : 0);
         response = turn.content;
@@ -422,6 +431,30 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     }
     turn.toolCalls = [...calls.entries()].sort(([a], [b]) => a - b).map(([, call]) => call);
     return turn;
+  }
+
+  /**
+   * A model call whose tokens nobody reads (RunAgent, sub-agents): one answer instead of a message
+   * per token, which spares the broker and this process most of their work per token. The worker
+   * still generates token by token; the run waits for the whole turn either way.
+   */
+  async function completeModel(
+    request: RunAgentRequest,
+    model: string,
+    messages: readonly ChatMessage[],
+    tools: ToolDefinition[],
+    signal: AbortSignal,
+  ): Promise<ModelTurn> {
+    const response = await deps.inference.complete(
+      { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: false },
+      { signal },
+    );
+    return {
+      content: response.message?.content ?? "",
+      toolCalls: response.message?.toolCalls ?? [],
+      finishReason: response.finishReason,
+      usage: response.usage,
+    };
   }
 
   /** One call's way through the iteration: undefined result for a caller's function (not run here). */
@@ -627,6 +660,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
               signal: step.signal,
               send: (event, isModelEvent) => (isModelEvent ? Promise.resolve() : options.send(event, false)),
               budget: step.budget,
+              streamModelEvents: false,
             },
           );
           error = outcome.error || (outcome.status === AgentStatus.AGENT_STATUS_SUCCEEDED ? "" : `stopped: ${outcome.stopReason}`);
@@ -655,7 +689,15 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       // Events are handed over one at a time, in order, even when parallel tools or sub-agents emit together.
       let tail: Promise<void> = Promise.resolve();
       const send = (event: Uint8Array) => (tail = tail.then(() => options.emit(event)));
-      return runInternal(request, { runId: options.runId, parentRunId: options.parentRunId, depth: options.depth, signal: options.signal, send, budget: undefined });
+      return runInternal(request, {
+        runId: options.runId,
+        parentRunId: options.parentRunId,
+        depth: options.depth,
+        signal: options.signal,
+        send,
+        budget: undefined,
+        streamModelEvents: options.streamModelEvents ?? true,
+      });
     },
     async allowedToolNames(agentTypeName, signal) {
       const agentType = deps.catalog.require(agentTypeName);
