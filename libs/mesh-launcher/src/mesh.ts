@@ -88,7 +88,7 @@ export async function startMesh(options: MeshOptions): Promise<Mesh> {
       METRICS_PORT: String(options.metricsPorts.toolRunner),
     });
     const toolRunnerAddress = `127.0.0.1:${port(toolRunner, "grpc_port")}`;
-    await spawn("context", "services/context/dist/main.js", {
+    const context = await spawn("context", "services/context/dist/main.js", {
       GRPC_PORT: String(options.grpcPorts.context),
       METRICS_PORT: String(options.metricsPorts.context),
       INFERENCE_BROKER_ADDRESS: brokerAddress,
@@ -98,6 +98,8 @@ export async function startMesh(options: MeshOptions): Promise<Mesh> {
       METRICS_PORT: String(options.metricsPorts.orchestrator),
       INFERENCE_BROKER_ADDRESS: brokerAddress,
       TOOL_RUNNER_ADDRESS: toolRunnerAddress,
+      // Each run's conversation lives in the context service, which compacts it before it overflows.
+      CONTEXT_ADDRESS: `127.0.0.1:${port(context, "grpc_port")}`,
     });
     const gateway = await spawn("gateway", "services/gateway/dist/main.js", {
       GRPC_PORT: String(options.grpcPorts.gateway),

@@ -6,6 +6,7 @@ import {
   developmentInternalSecret,
   loadConfig,
   millisecondsVariable,
+  optionalAddressVariable,
   portVariable,
   resolveInternalSecret,
 } from "./config";
@@ -28,6 +29,14 @@ function configError(run: () => unknown): ConfigError {
 }
 
 describe("loadConfig", () => {
+  it("leaves an optional address undefined when unset or empty, and checks it when set", () => {
+    const schema = z.object({ CONTEXT_ADDRESS: optionalAddressVariable() });
+    expect(loadConfig(schema, {}).CONTEXT_ADDRESS).toBeUndefined();
+    expect(loadConfig(schema, { CONTEXT_ADDRESS: "" }).CONTEXT_ADDRESS).toBeUndefined();
+    expect(loadConfig(schema, { CONTEXT_ADDRESS: "dns:///context:50055" }).CONTEXT_ADDRESS).toBe("dns:///context:50055");
+    expect(configError(() => loadConfig(schema, { CONTEXT_ADDRESS: "context" })).message).toContain("CONTEXT_ADDRESS: must be host:port");
+  });
+
   it("gives the defaults for an empty environment", () => {
     expect(loadConfig(serviceSchema, {})).toMatchObject({
       VLINDERS_ENV: "development",

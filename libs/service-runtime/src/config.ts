@@ -40,15 +40,17 @@ export const portVariable = (defaultPort: number) => z.coerce.number().int().min
 /** A duration in milliseconds from an environment variable. */
 export const millisecondsVariable = (defaultMs: number) => z.coerce.number().int().positive().default(defaultMs);
 
+const address = () =>
+  z.string().regex(/^(?:(?:dns|ipv4|ipv6):\/{0,3})?(?:\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d{1,5}$/, "must be host:port, [ipv6]:port or dns:///host:port");
+
 /**
  * Where another service of the mesh listens: host:port, [ipv6]:port, or a gRPC target such as
  * dns:///orchestrator.vlinders.svc:50052 (with a headless Kubernetes Service, every pod is used).
  */
-export const addressVariable = (defaultAddress: string) =>
-  z
-    .string()
-    .regex(/^(?:(?:dns|ipv4|ipv6):\/{0,3})?(?:\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d{1,5}$/, "must be host:port, [ipv6]:port or dns:///host:port")
-    .default(defaultAddress);
+export const addressVariable = (defaultAddress: string) => address().default(defaultAddress);
+
+/** An address (as addressVariable) of a service the caller can do without: undefined when unset. */
+export const optionalAddressVariable = () => address().optional();
 
 /** The variables every service reads. */
 export const commonConfigShape = {

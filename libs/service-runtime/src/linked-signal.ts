@@ -1,11 +1,21 @@
+import { bindTraceContext, traceContextOf } from "./middleware/tracing";
+
 /**
  * One AbortSignal that aborts when any of the given signals does, with the reason of the first.
+ * It carries the trace context of the first source that has one (a call's signal, a span's from
+ * startSignalSpan), so that calls made with it stay in the caller's trace.
  * Unlike AbortSignal.any, it leaves nothing behind on the sources once disposed: Node 20 keeps an
  * entry on each source of AbortSignal.any for as long as the source lives, which on a server-wide
  * or worker-wide signal grows with every call.
  */
 export function linkSignals(...sources: AbortSignal[]): { signal: AbortSignal; dispose(): void } {
   const controller = new AbortController();
+  for (const source of sources) {
+    const traceContext = traceContextOf(source);
+    if (traceContext === undefined) continue;
+    bindTraceContext(controller.signal, traceContext);
+    break;
+  }
   const aborted = sources.find((source) => source.aborted);
   if (aborted) {
     controller.abort(aborted.reason);

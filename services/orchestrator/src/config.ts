@@ -1,6 +1,6 @@
 import { hostname } from "node:os";
 import { databaseConfigShape } from "@vlinders/database";
-import { addressVariable, commonConfigShape, millisecondsVariable, portVariable } from "@vlinders/service-runtime";
+import { addressVariable, commonConfigShape, millisecondsVariable, optionalAddressVariable, portVariable } from "@vlinders/service-runtime";
 import { z } from "zod";
 
 export const orchestratorConfigSchema = z.object({
@@ -8,6 +8,13 @@ export const orchestratorConfigSchema = z.object({
   GRPC_PORT: portVariable(50052),
   INFERENCE_BROKER_ADDRESS: addressVariable("127.0.0.1:50053"),
   TOOL_RUNNER_ADDRESS: addressVariable("127.0.0.1:50054"),
+  /**
+   * The context service: each run's conversation is kept there and compacted before it overflows
+   * the agent type's context_budget_tokens. Unset: each run keeps its whole conversation itself.
+   */
+  CONTEXT_ADDRESS: optionalAddressVariable(),
+  /** Deadline of each call to the context service (an append may wait for a summary from the broker). */
+  CONTEXT_CALL_DEADLINE_MS: millisecondsVariable(30_000),
   /** Longest a model call may take when the caller set no shorter deadline. */
   MODEL_CALL_DEADLINE_MS: millisecondsVariable(600_000),
   /** The agent types; SIGHUP re-reads the file (an invalid one keeps the types as they were). */

@@ -1,5 +1,5 @@
 import { openDatabase, runMigrations } from "@vlinders/database";
-import { ToolServiceDefinition } from "@vlinders/proto";
+import { ContextServiceDefinition, ToolServiceDefinition } from "@vlinders/proto";
 import { createRedisConnection } from "@vlinders/redis";
 import {
   createInternalChannel,
@@ -29,9 +29,10 @@ export interface Orchestrator {
 
 /**
  * Composes the orchestrator: the agent types (configs/agents.yaml, checked before anything
- * starts), clients of the inference-broker and the tool-runner, the run records (PostgreSQL, or an
- * in-process PGlite) with the sweep of runs a crash left running, admission, cancel (across
- * replicas through Redis when it is configured), and the AgentService.
+ * starts), clients of the inference-broker, the tool-runner and (when CONTEXT_ADDRESS is set) the
+ * context service, the run records (PostgreSQL, or an in-process PGlite) with the sweep of runs a
+ * crash left running, admission, cancel (across replicas through Redis when it is configured), and
+ * the AgentService.
  */
 export async function createOrchestrator(config: OrchestratorConfig, runtime: ServiceRuntime): Promise<Orchestrator> {
   const { logger } = runtime;
@@ -59,6 +60,9 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
   const toolRunnerChannel = createInternalChannel(config.TOOL_RUNNER_ADDRESS);
   const clientOptions = { internalSecret: runtime.internalSecret, defaultDeadlineMs: config.MODEL_CALL_DEADLINE_MS };
   const inference = createInternalClient(RelayInferenceServiceDefinition, brokerChannel, clientOptions);
+  // Optional: without it each run keeps its whole conversation itself, uncompacted.
+  const contextChannel = config.CONTEXT_ADDRESS === undefined ? undefined : createInternalChannel(config.CONTEXT_ADDRESS);
+  const context = contextChannel && createInternalClient(ContextServiceDefinition, contextChannel, { ...clientOptions, defaultDeadlineMs: config.CONTEXT_CALL_DEADLINE_MS });
   const runner = createAgentRunner({
     inference,
     tools: createInternalClient(ToolServiceDefinition, toolRunnerChannel, clientOptions),
@@ -67,6 +71,8 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
     pluginTools: createPluginToolRegistry(),
     recorder: store,
     logger,
+    ...(context ? { context } : {}),
+    limits: { contextDeadlineMs: config.CONTEXT_CALL_DEADLINE_MS },
   });
 
   const host = createServiceHost(runtime);
@@ -90,6 +96,7 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
   host.onShutdown(async () => {
     brokerChannel.close();
     toolRunnerChannel.close();
+    contextChannel?.close();
     await sweeper.stop();
     await canceller.close();
     await store.close();

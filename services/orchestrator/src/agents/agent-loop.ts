@@ -8,6 +8,7 @@ import {
   FinishReason,
   ToolResult,
   type ChatMessage,
+  type ContextServiceClient,
   type RunAgentRequest,
   type RunAgentResponse,
   type ToolCall,
@@ -15,7 +16,7 @@ import {
   type ToolServiceClient,
   type Usage,
 } from "@vlinders/proto";
-import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import { linkSignals, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
 import type { Client } from "nice-grpc";
 import { ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
@@ -25,6 +26,7 @@ import type { RunRecorder } from "../runs/run-records";
 import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
 import type { RelayInferenceServiceDefinition } from "./chat-agent";
 import { createRunBudget, type RunBudget } from "./run-budget";
+import { createContextConversation, createLocalConversation, type RunConversation } from "./run-conversation";
 import { callSignature, createStuckDetector } from "./stuck-detector";
 
 /** Limits of the runner as a whole (the per-type ones are in agents.yaml). */
@@ -39,6 +41,10 @@ export interface AgentRunnerLimits {
   readonly recordDeadlineMs: number;
   /** timeout_ms of each tool call sent to the tool-runner; 0 uses the tool's default. */
   readonly toolTimeoutMs: number;
+  /** Deadline of each call to the context service. Default 30 s (an append may wait for a summary). */
+  readonly contextDeadlineMs: number;
+  /** Least time between two warnings that the context service failed (one per run would flood the log in an outage). Default 30 s. */
+  readonly contextWarningIntervalMs: number;
 }
 
 export const defaultAgentRunnerLimits: AgentRunnerLimits = {
@@ -47,6 +53,8 @@ export const defaultAgentRunnerLimits: AgentRunnerLimits = {
   listToolsDeadlineMs: 10_000,
   recordDeadlineMs: 10_000,
   toolTimeoutMs: 0,
+  contextDeadlineMs: 30_000,
+  contextWarningIntervalMs: 30_000,
 };
 
 export interface AgentRunnerDependencies {
@@ -60,6 +68,11 @@ export interface AgentRunnerDependencies {
   readonly pluginTools?: PluginToolRegistry;
   readonly recorder: RunRecorder;
   readonly logger: Logger;
+  /**
+   * The context service (CONTEXT_ADDRESS): each run's conversation is kept and compacted there.
+   * Unset: each run keeps its whole conversation itself.
+   */
+  readonly context?: ContextServiceClient<DeadlineOptions>;
   readonly limits?: Partial<AgentRunnerLimits>;
 }
 
@@ -114,6 +127,18 @@ interface InternalRunOptions {
   readonly streamModelEvents: boolean;
 }
 
+/** A run as its loop sees it; `messages` are its first ones (system prompt, history, instruction). */
+interface LoopRun {
+  readonly request: RunAgentRequest;
+  readonly options: InternalRunOptions;
+  readonly agentType: AgentType;
+  readonly messages: readonly ChatMessage[];
+  readonly maxIterations: number;
+  readonly budget: RunBudget;
+  readonly signal: AbortSignal;
+  readonly tools: ToolDefinition[];
+}
+
 /** What the model said in one call. */
 interface ModelTurn {
   content: string;
@@ -147,6 +172,38 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
   const limits: AgentRunnerLimits = { ...defaultAgentRunnerLimits, ...deps.limits };
   const { logger, recorder } = deps;
   const recordSignal = () => AbortSignal.timeout(limits.recordDeadlineMs);
+
+  // In an outage of the context service every run falls back at once: one warning per interval says so.
+  let lastContextWarningAt = Number.NEGATIVE_INFINITY;
+  let contextWarningsSuppressed = 0;
+  function warnContextFallback(error: unknown, runId: string, agentType: string): void {
+    const now = performance.now();
+    if (now - lastContextWarningAt < limits.contextWarningIntervalMs) {
+      contextWarningsSuppressed += 1;
+      return;
+    }
+    logger.warn(
+      { err: error, runId, agentType, similarWarningsSuppressed: contextWarningsSuppressed },
+      "the context service failed: the run goes on with its own messages, uncompacted",
+    );
+    lastContextWarningAt = now;
+    contextWarningsSuppressed = 0;
+  }
+
+  /** Where a run keeps its conversation: the context service when there is one, else the run itself. */
+  function conversationOf(run: { runId: string; agentType: AgentType; model: string; messages: readonly ChatMessage[]; send: (event: AgentEvent["event"]) => Promise<void> }): RunConversation {
+    if (!deps.context) return createLocalConversation(run.messages);
+    return createContextConversation(run.messages, {
+      client: deps.context,
+      conversationId: run.runId,
+      model: run.model,
+      budgetTokens: run.agentType.contextBudgetTokens,
+      deadlineMs: limits.contextDeadlineMs,
+      onCompaction: (compaction) =>
+        run.send({ $case: "contextCompacted", value: { tokensBefore: compaction.tokensBefore, tokensAfter: compaction.tokensAfter, stage: compaction.stage } }),
+      onFallback: (error) => warnContextFallback(error, run.runId, run.agentType.name),
+    });
+  }
 
   // ListTools per tool-runner agent type, dropped whenever the catalog changes (a reload may change
   // what a type may call). A failed listing is not kept: the next run asks again.
@@ -230,7 +287,9 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         timeoutMs: overrides?.timeoutMs || agentType.budgets.timeoutMs,
         maxToolCalls: agentType.budgets.maxToolCalls,
       });
-    const { signal, dispose } = linkSignals(options.signal, budget.deadline);
+    // The run's span; every call of the run is made with (a signal linked from) its signal, so one trace holds them.
+    const runSpan = startSignalSpan("run_agent", options.signal, { agent_type: agentType.name, run_id: options.runId, parent_run_id: options.parentRunId, depth: options.depth });
+    const { signal, dispose } = linkSignals(runSpan.signal, budget.deadline);
     try {
       const ownTools = [
         ...(await runnerTools(agentType, signal)),
@@ -246,23 +305,34 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       if (ownTools.length > 0 && request.workspaceId === "") {
         throw new ServerError(Status.INVALID_ARGUMENT, `workspace_id: is required for agent type "${agentType.name}" (its tools act on a workspace)`);
       }
-      return await loop({ request, options, agentType, messages, maxIterations, budget, signal, tools: [...ownTools, ...request.tools] });
+      const outcome = await loop({ request, options, agentType, messages, maxIterations, budget, signal, tools: [...ownTools, ...request.tools] });
+      runSpan.span.setAttributes({ status: statusNames[outcome.status] ?? "failed", stop_reason: outcome.stopReason, iterations: outcome.iterations });
+      runSpan.end(outcome.error === "" ? undefined : outcome.error);
+      return outcome;
+    } catch (error: unknown) {
+      runSpan.end(error);
+      throw error;
     } finally {
       dispose();
     }
   }
 
-  async function loop(run: {
-    request: RunAgentRequest;
-    options: InternalRunOptions;
-    agentType: AgentType;
-    messages: ChatMessage[];
-    maxIterations: number;
-    budget: RunBudget;
-    signal: AbortSignal;
-    tools: ToolDefinition[];
-  }): Promise<RunOutcome> {
-    const { request, options, agentType, messages, budget, signal } = run;
+  /** The iterations of a run, in a tool_calling_loop span whose signal they use. */
+  async function loop(run: LoopRun): Promise<RunOutcome> {
+    const loopSpan = startSignalSpan("tool_calling_loop", run.signal, { run_id: run.options.runId, max_iterations: run.maxIterations });
+    try {
+      const outcome = await iterate({ ...run, signal: loopSpan.signal });
+      loopSpan.span.setAttribute("iterations", outcome.iterations);
+      loopSpan.end();
+      return outcome;
+    } catch (error: unknown) {
+      loopSpan.end(error);
+      throw error;
+    }
+  }
+
+  async function iterate(run: LoopRun): Promise<RunOutcome> {
+    const { request, options, agentType, budget, signal } = run;
     const { runId } = options;
     const model = request.model || agentType.model;
     const callerTools = new Set(request.tools.map((tool) => tool.name));
@@ -272,6 +342,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     let iterations = 0;
     let response = "";
     const send = (event: AgentEvent["event"]) => options.send(AgentEvent.encode({ runId, event }).finish(), false);
+    const conversation = conversationOf({ runId, agentType, model, messages: run.messages, send });
     const hookPayload = (event: HookPayload["event"], extra: Partial<HookPayload> = {}): HookPayload => ({
       event,
       runId,
@@ -296,6 +367,8 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     );
 
     const finish = async (stop: Stop): Promise<RunOutcome> => {
+      // The last turn reaches the context service too, so that the stored conversation is whole.
+      if (!signal.aborted) await conversation.flush(signal);
       const outcome: RunOutcome = { runId, status: stop.status, stopReason: stop.stopReason, response, toolCalls, iterations, usage, error: stop.error };
       await deps.hooks.notify(
         agentType.hooks.on_finish,
@@ -319,9 +392,24 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         if (iterations >= run.maxIterations) return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "max_iterations", error: `stopped after ${run.maxIterations} iterations` });
         signal.throwIfAborted();
         iterations += 1;
-        const turn = options.streamModelEvents
-          ? await callModel(request, model, messages, run.tools, signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true))
-          : await completeModel(request, model, messages, run.tools, signal);
+        const window = await conversation.window(signal);
+        const inference = startSignalSpan("vllm_inference", signal, { model, iteration: iterations, run_id: runId });
+        let turn: ModelTurn;
+        try {
+          turn = options.streamModelEvents
+            ? await callModel(request, model, window, run.tools, inference.signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true))
+            : await completeModel(request, model, window, run.tools, inference.signal);
+        } catch (error: unknown) {
+          inference.end(error);
+          throw error;
+        }
+        inference.span.setAttributes({
+          finish_reason: FinishReason[turn.finishReason] ?? "unknown",
+          prompt_tokens: turn.usage?.promptTokens ?? 0,
+          completion_tokens: turn.usage?.completionTokens ?? 0,
+          tool_calls: turn.toolCalls.length,
+        });
+        inference.end();
         addUsage(usage, turn.usage);
         budget.addTokens(turn.usage ? turn.usage.totalTokens || turn.usage.promptTokens + turn.usage.completionTokens : 0);
         response = turn.content;
@@ -329,7 +417,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
           // Some models send no id; the tool message must still answer one.
           if (call.id === "") call.id = `call_${iterations}_${index}`;
         });
-        messages.push({ role: "assistant", content: turn.content, toolCalls: turn.toolCalls, toolCallId: "", name: "" });
+        conversation.add({ role: "assistant", content: turn.content, toolCalls: turn.toolCalls, toolCallId: "", name: "" });
 
         if (turn.toolCalls.length === 0) {
           await recorder.progressed(runId, iterations, usage, recordSignal());
@@ -340,7 +428,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         const results = await executeToolCalls({ ...run, iteration: iterations, calls: turn.toolCalls, callerTools, send, hookPayload });
         toolCalls.push(...turn.toolCalls);
         for (const { call, result } of results) {
-          if (result) messages.push({ role: "tool", content: toolMessageContent(result), toolCalls: [], toolCallId: call.id, name: "" });
+          if (result) conversation.add({ role: "tool", content: toolMessageContent(result), toolCalls: [], toolCallId: call.id, name: "" });
         }
         await recorder.progressed(runId, iterations, usage, recordSignal());
         await deps.hooks.notify(agentType.hooks.on_iteration, hookPayload("on_iteration"), signal);
@@ -363,7 +451,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         if (verdict.kind === "redirect") {
           logger.info({ runId, agentType: agentType.name, why: verdict.why }, "agent is repeating itself; telling it so");
           // A system note rather than a user message: nobody said it, and the instruction stays the last user turn.
-          messages.push(
+          conversation.add(
             message(
               "system",
               `Note from the agent runner: you are repeating yourself (${verdict.why}). Repeating the same calls will not give ` +
@@ -457,14 +545,8 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     };
   }
 
-  /** One call's way through the iteration: undefined result for a caller's function (not run here). */
-  interface CallOutcome {
-    readonly call: ToolCall;
-    readonly result: ToolResult | undefined;
-    readonly refusedByBudget: boolean;
-  }
-
-  async function executeToolCalls(step: {
+  /** One iteration's tool calls and what running them needs. */
+  interface ToolStep {
     request: RunAgentRequest;
     options: InternalRunOptions;
     agentType: AgentType;
@@ -475,8 +557,45 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     callerTools: ReadonlySet<string>;
     send: (event: AgentEvent["event"]) => Promise<void>;
     hookPayload: (event: HookPayload["event"], extra?: Partial<HookPayload>) => HookPayload;
-  }): Promise<CallOutcome[]> {
+  }
+
+  /** One call's way through the iteration: undefined result for a caller's function (not run here). */
+  interface CallOutcome {
+    readonly call: ToolCall;
+    readonly result: ToolResult | undefined;
+    readonly refusedByBudget: boolean;
+  }
+
+  /**
+   * Runs one iteration's tool calls, each in an `execute_tool <name>` span (OpenTelemetry's GenAI
+   * naming) that its hooks, plugin or sub-agents run under. A caller's own functions get none: they
+   * are not run here.
+   */
+  async function executeToolCalls(step: ToolStep): Promise<CallOutcome[]> {
+    const spans = step.calls.map((call): SignalSpan | undefined =>
+      step.callerTools.has(call.name)
+        ? undefined
+        : startSignalSpan(`execute_tool ${call.name}`, step.signal, {
+            "gen_ai.tool.name": call.name,
+            "gen_ai.tool.call.id": call.id,
+            run_id: step.options.runId,
+            iteration: step.iteration,
+          }),
+    );
+    try {
+      return await runToolCalls(step, spans);
+    } catch (error: unknown) {
+      for (const span of spans) span?.end(error);
+      throw error;
+    } finally {
+      // Idempotent: the spans of calls that finished were ended with their results.
+      for (const span of spans) span?.end();
+    }
+  }
+
+  async function runToolCalls(step: ToolStep, spans: ReadonlyArray<SignalSpan | undefined>): Promise<CallOutcome[]> {
     const { agentType, signal, iteration, send, request, options } = step;
+    const signalOf = (index: number) => spans[index]?.signal ?? signal;
     for (const call of step.calls) await send({ $case: "toolCallRequested", value: { iteration, call } });
 
     // 1. Arguments and pre_tool_use hooks, every call at once.
@@ -485,13 +604,13 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       | { kind: "done"; result: ToolResult; refusedByBudget: boolean }
       | { kind: "run"; argumentsJson: string; args: Record<string, unknown> };
     const prepared = await Promise.all(
-      step.calls.map(async (call): Promise<Prepared> => {
+      step.calls.map(async (call, index): Promise<Prepared> => {
         if (step.callerTools.has(call.name)) return { kind: "caller" };
         const parsed = parseArguments(call.argumentsJson);
         if ("error" in parsed) {
           return { kind: "done", refusedByBudget: false, result: failed(call, `arguments_json: ${parsed.error}; call ${call.name} again with a JSON object as its arguments`) };
         }
-        const decision = await deps.hooks.preToolUse(agentType.hooks.pre_tool_use, step.hookPayload("pre_tool_use", { toolCall: call }), signal);
+        const decision = await deps.hooks.preToolUse(agentType.hooks.pre_tool_use, step.hookPayload("pre_tool_use", { toolCall: call }), signalOf(index));
         if (!decision.allowed) return { kind: "done", refusedByBudget: false, result: failed(call, decision.reason) };
         if (decision.argumentsJson === call.argumentsJson) return { kind: "run", argumentsJson: call.argumentsJson, args: parsed.args };
         const rewritten = parseArguments(decision.argumentsJson);
@@ -518,10 +637,11 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       const call = step.calls[index]!;
       if (entry.kind === "caller") return undefined;
       if (entry.kind === "done") return entry.result;
-      if (call.name === spawnSubagentsToolName && agentType.subagents.length > 0) return spawnSubagents(step, call, entry.args);
+      // The children's run_agent spans are children of this call's span.
+      if (call.name === spawnSubagentsToolName && agentType.subagents.length > 0) return spawnSubagents({ ...step, signal: signalOf(index) }, call, entry.args);
       const plugin = deps.pluginTools?.get(call.name);
       if (plugin && deps.pluginTools?.forAgentType(agentType.name).includes(plugin)) {
-        return runPluginTool(call, () => plugin.execute(entry.args, { runId: options.runId, agentType: agentType.name, workspaceId: request.workspaceId, signal }));
+        return runPluginTool(call, () => plugin.execute(entry.args, { runId: options.runId, agentType: agentType.name, workspaceId: request.workspaceId, signal: signalOf(index) }));
       }
       runnerIndexes.push(index);
       return undefined;
@@ -543,7 +663,8 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
               };
             }),
           },
-          { signal },
+          // One call for the whole batch: under the tool's span when it holds one tool, else under the loop's.
+          { signal: runnerIndexes.length === 1 ? signalOf(runnerIndexes[0]!) : signal },
         )
         .then((response) => response.results);
       runnerIndexes.forEach((index, position) => {
@@ -567,7 +688,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       }
       const result =
         entry.kind === "run"
-          ? await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: call }), raw, signal)
+          ? await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: call }), raw, signalOf(index))
           : raw;
       await send({ $case: "toolResult", value: result });
       await recorder.toolCalled(
@@ -586,6 +707,9 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         recordSignal(),
       );
       outcomes.push({ call, result, refusedByBudget: entry.kind === "done" && entry.refusedByBudget });
+      // A failed tool is the model's to handle, not an error of the run: an attribute, not the span's status.
+      spans[index]?.span.setAttributes({ success: result.success, "tool.duration_ms": result.durationMs, ...(result.success ? {} : { "tool.error": result.error.slice(0, 200) }) });
+      spans[index]?.end();
     }
     return outcomes;
   }

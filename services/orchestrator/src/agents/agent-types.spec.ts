@@ -36,6 +36,12 @@ describe("agent types", () => {
     expect(agentTypeInfo(catalog.get("plan")!, ["read_file"])).toMatchObject({ name: "plan", tools: ["read_file", "spawn_subagents"], subagentTypes: ["explore"] });
   });
 
+  it("reads context_budget_tokens, 32768 when unset", () => {
+    expect(parseAgentTypes(minimal(), "agents.yaml").get("explore")?.contextBudgetTokens).toBe(32_768);
+    expect(parseAgentTypes(minimal("    context_budget_tokens: 4096\n"), "agents.yaml").get("explore")?.contextBudgetTokens).toBe(4096);
+    expect(() => parseAgentTypes(minimal("    context_budget_tokens: 10\n"), "agents.yaml")).toThrow(/^agents\.yaml:8: agents\.explore\.context_budget_tokens: /);
+  });
+
   it("reads hooks: plugins and webhooks with their timeouts", () => {
     const types = parseAgentTypes(
       minimal(`    hooks:

@@ -35,6 +35,11 @@ export interface AgentType {
   readonly subagents: readonly string[];
   readonly systemPrompt: string;
   readonly budgets: AgentBudgets;
+  /**
+   * The model's context window as the context service keeps it (when CONTEXT_ADDRESS is set): past
+   * 75 % of it the conversation is compacted. Default 32768.
+   */
+  readonly contextBudgetTokens: number;
   readonly hooks: AgentTypeHooks;
   /**
    * The agent type the tool-runner knows this one as, for its permissions. The file's types are
@@ -47,7 +52,7 @@ export interface AgentType {
 
 /** An agent type registered in code (a plugin); unset fields take the defaults below. */
 export type AgentTypeDefinition = Pick<AgentType, "name" | "description" | "maxIterations" | "toolAgentType"> &
-  Partial<Pick<AgentType, "model" | "tools" | "workspaceAccess" | "subagents" | "systemPrompt" | "budgets" | "hooks">>;
+  Partial<Pick<AgentType, "model" | "tools" | "workspaceAccess" | "subagents" | "systemPrompt" | "budgets" | "contextBudgetTokens" | "hooks">>;
 
 /** The agent types of the agents file plus those registered in code, reloadable (SIGHUP). */
 export interface AgentTypeCatalog {
@@ -69,6 +74,9 @@ export interface AgentTypeCatalog {
 
 const agentTypeName = z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/, "agent type names are 1-64 lowercase letters, digits, '_' or '-'");
 const positiveInteger = z.number().int().positive();
+
+/** The context budget of an agent type that names none. */
+export const defaultContextBudgetTokens = 32_768;
 
 const hookTargetSchema = z.union([
   z.object({ plugin: z.string().min(1), timeout_ms: positiveInteger.optional() }).strict(),
@@ -94,6 +102,8 @@ const agentSchema = z
         max_tool_calls: z.number().int().min(0),
       })
       .strict(),
+    // The context service's budgets are uint32; a window smaller than 256 tokens holds no conversation.
+    context_budget_tokens: positiveInteger.min(256).max(4_000_000_000).default(defaultContextBudgetTokens),
     hooks: z
       .object({ pre_tool_use: hookList, post_tool_use: hookList, on_iteration: hookList, on_finish: hookList })
       .strict()
@@ -118,6 +128,7 @@ const codeDefaults = {
   subagents: [] as readonly string[],
   systemPrompt: "",
   budgets: { maxTokens: 100_000, timeoutMs: 300_000, maxToolCalls: 50 },
+  contextBudgetTokens: defaultContextBudgetTokens,
   hooks: noHooks,
 } as const;
 
@@ -142,6 +153,7 @@ export function parseAgentTypes(text: string, source: string, codeTypes: Readonl
       subagents: agent.subagents,
       systemPrompt: agent.system_prompt,
       budgets: { maxTokens: agent.budgets.max_tokens, timeoutMs: agent.budgets.timeout_ms, maxToolCalls: agent.budgets.max_tool_calls },
+      contextBudgetTokens: agent.context_budget_tokens,
       hooks: {
         pre_tool_use: hooks.pre_tool_use.map(toHookTarget),
         post_tool_use: hooks.post_tool_use.map(toHookTarget),
