@@ -84,6 +84,7 @@ describe("agent loop with the context service, traced", () => {
   let catalog: AgentTypeCatalog;
   let base: Omit<AgentRunnerDependencies, "logger" | "recorder">;
   let withContext: AgentRunner;
+  let withContextFromStart: AgentRunner;
   let runCount = 0;
 
   const request = (agentType: string, instruction: string): RunAgentRequest => ({
@@ -179,6 +180,11 @@ describe("agent loop with the context service, traced", () => {
       hooks: createHookRunner({ registry: createHookRegistry(), logger: createLogger({ service: "orchestrator", level: "silent" }) }),
     };
     withContext = runnerWith({ context: createInternalClient(ContextServiceDefinition, contextChannel, { internalSecret, defaultDeadlineMs: 10_000 }) });
+    // From the first message on, so that even a short run goes through the service (the trace test).
+    withContextFromStart = runnerWith({
+      context: createInternalClient(ContextServiceDefinition, contextChannel, { internalSecret, defaultDeadlineMs: 10_000 }),
+      limits: { contextEngageAtShare: 0 },
+    });
   }, 120_000);
 
   afterAll(async () => {
@@ -220,6 +226,7 @@ describe("agent loop with the context service, traced", () => {
       logger: createLogger({ service: "orchestrator", level: "warn", destination: { write: (line: string) => void lines.push(line) } }),
       recorder: createInMemoryRunRecorder(),
       context: createInternalClient(ContextServiceDefinition, channel, { internalSecret, defaultDeadlineMs: 2_000 }),
+      limits: { contextEngageAtShare: 0 },
     });
     for (let attempt = 0; attempt < 2; attempt += 1) {
       const { outcome, events } = await run(runner, request("reader", 'call read_file {"path":"notes.txt"} then answer'));
@@ -231,9 +238,16 @@ describe("agent loop with the context service, traced", () => {
     expect(warnings).toHaveLength(1);
   });
 
-  it("traces a run as run_agent > tool_calling_loop > vllm_inference and execute_tool, in one trace with the broker, tool-runner and context", async () => {
+  it("leaves a short run's conversation out of the context service: nothing to compact", async () => {
     spans.reset();
     const { outcome } = await run(withContext, request("reader", 'call read_file {"path":"notes.txt"} then answer'));
+    expect(outcome.status).toBe(AgentStatus.AGENT_STATUS_SUCCEEDED);
+    expect(spans.getFinishedSpans().filter((span) => span.name.startsWith("vlinders.v1.ContextService/"))).toEqual([]);
+  });
+
+  it("traces a run as run_agent > tool_calling_loop > vllm_inference and execute_tool, in one trace with the broker, tool-runner and context", async () => {
+    spans.reset();
+    const { outcome } = await run(withContextFromStart, request("reader", 'call read_file {"path":"notes.txt"} then answer'));
     expect(outcome.status).toBe(AgentStatus.AGENT_STATUS_SUCCEEDED);
     const finished = spans.getFinishedSpans();
     const named = (name: string) => finished.filter((span) => span.name === name);

@@ -45,6 +45,8 @@ export interface AgentRunnerLimits {
   readonly contextDeadlineMs: number;
   /** Least time between two warnings that the context service failed (one per run would flood the log in an outage). Default 30 s. */
   readonly contextWarningIntervalMs: number;
+  /** A run's conversation goes to the context service once it passes this share of its budget. Default 0.5; 0: from the start. */
+  readonly contextEngageAtShare: number;
 }
 
 export const defaultAgentRunnerLimits: AgentRunnerLimits = {
@@ -55,6 +57,7 @@ export const defaultAgentRunnerLimits: AgentRunnerLimits = {
   toolTimeoutMs: 0,
   contextDeadlineMs: 30_000,
   contextWarningIntervalMs: 30_000,
+  contextEngageAtShare: 0.5,
 };
 
 export interface AgentRunnerDependencies {
@@ -199,6 +202,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       model: run.model,
       budgetTokens: run.agentType.contextBudgetTokens,
       deadlineMs: limits.contextDeadlineMs,
+      engageAtShare: limits.contextEngageAtShare,
       onCompaction: (compaction) =>
         run.send({ $case: "contextCompacted", value: { tokensBefore: compaction.tokensBefore, tokensAfter: compaction.tokensAfter, stage: compaction.stage } }),
       onFallback: (error) => warnContextFallback(error, run.runId, run.agentType.name),

@@ -39,6 +39,21 @@ export interface ContextConversationOptions {
   readonly onCompaction: (compaction: Compaction) => Promise<void>;
   /** Told once, when the context service fails and the run goes on with its own messages. */
   readonly onFallback: (error: unknown) => void;
+  /**
+   * The run hands its conversation to the service only once it may need compacting: past this
+   * share of the budget by a rough, generous count (default 0.5; 0 hands it over from the start).
+   */
+  readonly engageAtShare?: number;
+}
+
+/** Roughly three characters a token, plus a few for each message's framing: more than any family counts, so the service is engaged early rather than late. */
+function roughTokens(messages: readonly ChatMessage[]): number {
+  let characters = 0;
+  for (const message of messages) {
+    characters += message.content.length + 12;
+    for (const call of message.toolCalls) characters += call.name.length + call.argumentsJson.length;
+  }
+  return Math.ceil(characters / 3);
 }
 
 /**
@@ -47,15 +62,23 @@ export interface ContextConversationOptions {
  * message itself, so that when a call to the service fails (unreachable, a deadline, a refusal) the
  * run goes on with its whole conversation, as without the service, instead of failing. It does not
  * go back to the service after that: the service's copy would lack the messages that failed.
+ *
+ * Until the conversation nears the point where compaction starts (engageAtShare of the budget),
+ * the service is not called at all: there is nothing to compact yet, and the run's own record
+ * (agent_executions, tool_calls) already holds what happened. Most short runs never call it, which
+ * keeps a hundred runs at once from queueing on its database.
  */
 export function createContextConversation(initial: readonly ChatMessage[], options: ContextConversationOptions): RunConversation {
   const own = [...initial];
   let pending = [...initial];
   let window: readonly ChatMessage[] | undefined;
   let failed = false;
+  const engageAtTokens = options.budgetTokens * (options.engageAtShare ?? 0.5);
+  let engaged = engageAtTokens <= 0;
 
   async function append(signal: AbortSignal): Promise<void> {
-    if (failed || pending.length === 0) return;
+    if (!engaged) engaged = roughTokens(own) >= engageAtTokens;
+    if (failed || !engaged || pending.length === 0) return;
     const messages = pending;
     pending = [];
     let compactions: readonly Compaction[];
