@@ -20,6 +20,7 @@ import { createActiveRuns, createRunCanceller } from "./runs/active-runs";
 import { orchestratorMigrations, orchestratorMigrationScope } from "./runs/migrations";
 import { createPostgresRunStore } from "./runs/postgres-run-store";
 import { startRunSweeper } from "./runs/run-sweeper";
+import { createWriteBehindRecorder } from "./runs/write-behind-recorder";
 
 /** The composed orchestrator: its host, and the catalog that SIGHUP reloads. */
 export interface Orchestrator {
@@ -69,7 +70,7 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
     catalog,
     hooks: createHookRunner({ registry: createHookRegistry(), logger }),
     pluginTools: createPluginToolRegistry(),
-    recorder: store,
+    recorder: createWriteBehindRecorder(store, logger),
     logger,
     ...(context ? { context } : {}),
     limits: { contextDeadlineMs: config.CONTEXT_CALL_DEADLINE_MS },
