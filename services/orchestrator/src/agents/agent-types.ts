@@ -4,7 +4,7 @@ import { ConfigError, type Logger } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
 import { z } from "zod";
 import { noHooks, type AgentTypeHooks, type HookTarget } from "../hooks/hook-types";
-import { parseYamlFile, validateYamlFile } from "./yaml-file";
+import { parseYamlFile, validateYamlFile } from "@vlinders/yaml-config";
 
 /** An agents file that cannot be used; names the file, the key path and the line. */
 export class AgentTypesConfigError extends ConfigError {

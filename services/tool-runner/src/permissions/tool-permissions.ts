@@ -1,6 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { ConfigError } from "@vlinders/service-runtime";
-import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from "yaml";
+import { parseYamlFile, validateYamlFile, type YamlFile } from "@vlinders/yaml-config";
 import { z } from "zod";
 import { ToolArgumentError } from "../tools/tool";
 
@@ -175,61 +175,20 @@ async function readConfig(path: string, variable: string): Promise<string> {
   }
 }
 
-/** A parsed YAML file that can point at the line of a key path in its errors. */
-interface YamlFile {
-  readonly value: unknown;
-  /** An error naming the file, the key path and its line (the key's own line when `atKey`, else its value's). */
+/** A parsed YAML file whose errors are PermissionsConfigErrors naming the file, key path and line. */
+interface PermissionsFile {
+  readonly file: YamlFile;
   error(path: ReadonlyArray<string | number>, message: string, atKey?: boolean): PermissionsConfigError;
 }
 
-function parseYaml(text: string, source: string): YamlFile {
-  const lineCounter = new LineCounter();
-  const document = parseDocument(text, { lineCounter, prettyErrors: false });
-  const first = document.errors[0];
-  if (first) {
-    throw new PermissionsConfigError(`${source}:${lineCounter.linePos(first.pos[0]).line}: not valid YAML: ${first.message}`);
-  }
-  return {
-    value: document.toJS() as unknown,
-    error(path, message, atKey = false) {
-      const offset = offsetOf(document, path, atKey);
-      const where = offset === undefined ? "" : `:${lineCounter.linePos(offset).line}`;
-      return new PermissionsConfigError(`${source}${where}: ${path.join(".") || "(root)"}: ${message}`);
-    },
-  };
+function parseYaml(text: string, source: string): PermissionsFile {
+  const parsed = parseYamlFile(text, source);
+  if ("error" in parsed) throw new PermissionsConfigError(parsed.error);
+  return { file: parsed.file, error: (path, message, atKey) => new PermissionsConfigError(parsed.file.describe(path, message, atKey)) };
 }
 
-/** The offset of the deepest node along `path` that exists: a missing key is reported at its parent. */
-function offsetOf(document: Document, path: ReadonlyArray<string | number>, atKey: boolean): number | undefined {
-  let node: unknown = document.contents;
-  let offset = rangeStart(node);
-  for (const key of path) {
-    if (isMap(node)) {
-      const pair = node.items.find((item) => (isScalar(item.key) ? item.key.value : item.key) === key);
-      if (!pair) break;
-      node = pair.value;
-      offset = (atKey && key === path.at(-1) ? rangeStart(pair.key) : rangeStart(node)) ?? rangeStart(pair.key) ?? offset;
-    } else if (isSeq(node) && typeof key === "number") {
-      node = node.items[key];
-      if (node === undefined) break;
-      offset = rangeStart(node) ?? offset;
-    } else {
-      break;
-    }
-  }
-  return offset;
-}
-
-function rangeStart(node: unknown): number | undefined {
-  return (node as { range?: [number, number, number] } | null | undefined)?.range?.[0];
-}
-
-function validate<Schema extends z.ZodType>(schema: Schema, file: YamlFile): z.infer<Schema> {
-  const result = schema.safeParse(file.value ?? {});
-  if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const path = issue.path.filter((part): part is string | number => typeof part !== "symbol");
-  // The first problem, with its line; fixing one at a time is how people edit these files anyway.
-  const more = result.error.issues.length > 1 ? ` (and ${result.error.issues.length - 1} more problems)` : "";
-  throw file.error(path, `${issue.message}${more}`);
+function validate<Schema extends z.ZodType>(schema: Schema, document: PermissionsFile): z.infer<Schema> {
+  const result = validateYamlFile(schema, document.file);
+  if ("error" in result) throw new PermissionsConfigError(result.error);
+  return result.data;
 }

@@ -2,8 +2,8 @@ import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } fro
 import type { z } from "zod";
 
 /**
- * A parsed YAML file that can point at the line of a key path in its errors. The same idea as the
- * tool-runner's permissions loader (copied, not imported: services do not import each other).
+ * A parsed YAML configuration file that can point at the line of a key path in its errors, so that
+ * a mistake in configs/*.yaml is reported as `configs/agents.yaml:12: agents.plan.tools.0: …`.
  */
 export interface YamlFile {
   readonly value: unknown;

@@ -1,0 +1,1 @@
+export { parseYamlFile, validateYamlFile, type YamlFile } from "./yaml-file";
