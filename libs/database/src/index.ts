@@ -1,4 +1,4 @@
-export { openDatabase, databaseConfigShape, DatabaseUnavailableError, type Database, type OpenDatabaseOptions } from "./open-database";
+export { openDatabase, databaseConfigShape, databaseOptionsFrom, type DatabaseConfig, DatabaseUnavailableError, type Database, type OpenDatabaseOptions } from "./open-database";
 export { runMigrations, MigrationConflictError, type Migration, type MigrationsResult, type RunMigrationsOptions } from "./migrations";
 export { queryWithSignal, connectWithSignal, abortErrorFor, type SignalledClient } from "./query-with-signal";
 export { isEmbeddedPool } from "./embedded-pools";

@@ -20,6 +20,19 @@ export const databaseConfigShape = {
   DATABASE_STATEMENT_TIMEOUT_MS: millisecondsVariable(30_000),
 };
 
+/** The database variables of a service's configuration, as read through databaseConfigShape. */
+export type DatabaseConfig = z.infer<z.ZodObject<typeof databaseConfigShape>>;
+
+/** openDatabase's options from those variables; the caller adds its logger and service name. */
+export function databaseOptionsFrom(config: DatabaseConfig): Pick<OpenDatabaseOptions, "url" | "poolSize" | "pgliteDataDir" | "statementTimeoutMs"> {
+  return {
+    url: config.DATABASE_URL,
+    poolSize: config.DATABASE_POOL_SIZE,
+    pgliteDataDir: config.PGLITE_DATA_DIR,
+    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
+  };
+}
+
 /** A pool of connections and what it takes to close it. */
 export interface Database {
   /** Against PGlite this pool has a single connection: a long transaction makes others wait. */

@@ -1,4 +1,4 @@
-import { openDatabase, runMigrations } from "@vlinders/database";
+import { databaseOptionsFrom, openDatabase, runMigrations } from "@vlinders/database";
 import { InferenceServiceDefinition } from "@vlinders/proto";
 import { createRedisConnection } from "@vlinders/redis";
 import {
@@ -29,12 +29,9 @@ const migrationDeadlineMs = 60_000;
 export async function createContextServer(config: ContextConfig, runtime: ServiceRuntime): Promise<ServiceHost> {
   const { logger } = runtime;
   const database = await openDatabase({
-    url: config.DATABASE_URL,
+    ...databaseOptionsFrom(config),
     logger,
     service: runtime.service,
-    poolSize: config.DATABASE_POOL_SIZE,
-    pgliteDataDir: config.PGLITE_DATA_DIR,
-    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
     schema: config.DATABASE_SCHEMA,
   });
   try {

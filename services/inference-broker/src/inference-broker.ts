@@ -1,4 +1,4 @@
-import { openDatabase, runMigrations } from "@vlinders/database";
+import { databaseOptionsFrom, openDatabase, runMigrations } from "@vlinders/database";
 import { InferenceAdminServiceDefinition, WorkerHealth } from "@vlinders/proto";
 import { createServiceHost, type ServiceHost, type ServiceRuntime } from "@vlinders/service-runtime";
 import { createInferenceAdminService } from "./admin-service";
@@ -95,12 +95,9 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
   const quotas = redisConnection ? createRedisQuotaLimiter({ redis: redisConnection.redis, logger, keyPrefix: config.REDIS_KEY_PREFIX }) : createInProcessQuotaLimiter();
 
   const database = await openDatabase({
-    url: config.DATABASE_URL,
+    ...databaseOptionsFrom(config),
     logger,
     service: runtime.service,
-    poolSize: config.DATABASE_POOL_SIZE,
-    pgliteDataDir: config.PGLITE_DATA_DIR,
-    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
   });
   await runMigrations(database.pool, { scope: "inference-broker", migrations: brokerMigrations });
   const vault = config.VAULT_MASTER_KEY === undefined ? undefined : createKeyVault({ pool: database.pool, masterKey: parseMasterKey(config.VAULT_MASTER_KEY) });

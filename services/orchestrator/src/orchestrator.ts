@@ -1,4 +1,4 @@
-import { openDatabase, runMigrations } from "@vlinders/database";
+import { databaseOptionsFrom, openDatabase, runMigrations } from "@vlinders/database";
 import { ContextServiceDefinition, ToolServiceDefinition } from "@vlinders/proto";
 import { createRedisConnection } from "@vlinders/redis";
 import {
@@ -40,12 +40,9 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
   const catalog = await loadAgentTypeCatalog(config.AGENTS_CONFIG, { logger });
 
   const database = await openDatabase({
-    url: config.DATABASE_URL,
+    ...databaseOptionsFrom(config),
     logger,
     service: runtime.service,
-    poolSize: config.DATABASE_POOL_SIZE,
-    pgliteDataDir: config.PGLITE_DATA_DIR,
-    statementTimeoutMs: config.DATABASE_STATEMENT_TIMEOUT_MS,
   });
   await runMigrations(database.pool, { scope: orchestratorMigrationScope, migrations: orchestratorMigrations });
   const store = createPostgresRunStore({ pool: database.pool, owner: config.ORCHESTRATOR_REPLICA_ID, logger });
