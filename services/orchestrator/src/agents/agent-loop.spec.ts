@@ -13,9 +13,11 @@ import type { Channel } from "nice-grpc";
 import { Status } from "nice-grpc-common";
 import { createHookRegistry, createHookRunner } from "../hooks/hook-runner";
 import { createPluginToolRegistry } from "../plugins/plugin-tools";
-import { createAgentRunner, type AgentRunner, type RunOutcome } from "./agent-loop";
+import type { RunRecorder } from "../runs/run-records";
+import { createAgentRunner, type AgentRunner, type AgentRunnerDependencies, type RunOutcome } from "./agent-loop";
 import { loadAgentTypeCatalog } from "./agent-types";
 import { RelayInferenceServiceDefinition } from "./chat-agent";
+import { streamRun } from "./event-stream";
 import { createInMemoryRunRecorder, type InMemoryRunRecorder } from "./in-memory-run-recorder";
 
 const execFileAsync = promisify(execFile);
@@ -40,6 +42,12 @@ const testAgentTypes = (hookBase: string) => `
     model: no-such-model
     max_iterations: 2
     tools: [read_file]
+    workspace_access: read-only
+    budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10 }
+  brief:
+    description: Reads files, two iterations at most.
+    max_iterations: 2
+    tools: [read_file, list_files]
     workspace_access: read-only
     budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10 }
   delegator:
@@ -72,6 +80,8 @@ describe("agent loop", () => {
   let hookServer: Server;
   let recorder: InMemoryRunRecorder;
   let runner: AgentRunner;
+  /** The dependencies of `runner`: a test that needs a runner of its own (a cold cache, another recorder) starts one from them. */
+  let runnerDeps: AgentRunnerDependencies;
   let runCount = 0;
 
   const request = (agentType: string, instruction: string, extra: Partial<RunAgentRequest> = {}): RunAgentRequest => ({
@@ -170,7 +180,7 @@ describe("agent loop", () => {
       async (args) => ({ success: true, output: String(args.text).toUpperCase() }),
       { agentTypes: ["explore"] },
     );
-    runner = createAgentRunner({
+    runnerDeps = {
       inference: createInternalClient(RelayInferenceServiceDefinition, brokerChannel, { internalSecret, defaultDeadlineMs: 30_000 }),
       tools: createInternalClient(ToolServiceDefinition, toolChannel, { internalSecret, defaultDeadlineMs: 60_000 }),
       catalog: await loadAgentTypeCatalog(agentsConfig, { logger }),
@@ -178,7 +188,8 @@ describe("agent loop", () => {
       pluginTools,
       recorder,
       logger,
-    });
+    };
+    runner = createAgentRunner(runnerDeps);
   }, 180_000);
 
   afterAll(async () => {
@@ -259,19 +270,121 @@ describe("agent loop", () => {
   it("refuses an unknown agent type with INVALID_ARGUMENT naming the field and the known types", async () => {
     await expect(run(request("wizard", "hello"))).rejects.toMatchObject({
       code: Status.INVALID_ARGUMENT,
-      details: expect.stringContaining('agent_type: unknown agent type "wizard" (known: broken, chat, delegator, edit, explore, guarded, plan)'),
+      details: expect.stringContaining('agent_type: unknown agent type "wizard" (known: brief, broken, chat, delegator, edit, explore, guarded, plan)'),
     });
   });
 
-  it("gives a tool the type may not use back to the model as PERMISSION_DENIED, and goes on", async () => {
+  it("gives a call of a tool the type was not offered back to the model without running it, and goes on", async () => {
     const { outcome, events } = await run(request("explore", 'call write_file {"path":"x.txt","content":"hi"}', { overrides: { maxIterations: 2, systemPrompt: "" } }));
     const [first] = toolResults(events);
-    expect(first).toMatchObject({ toolName: "write_file", success: false });
-    expect(first?.error).toContain("PERMISSION_DENIED");
+    expect(first).toMatchObject({ toolName: "write_file", success: false, error: "tool write_file is not available to agent type explore" });
     // The model read the refusal and answered from it.
     expect(outcome).toMatchObject({ stopReason: "completed", iterations: 2 });
-    expect(outcome.response).toContain("PERMISSION_DENIED");
+    expect(outcome.response).toContain("not available to agent type explore");
+    expect(recorder.runs.get(outcome.runId)?.toolCalls[0]).toMatchObject({ toolName: "write_file", success: false });
     await expect(access(join(workspaceRoot, "project/x.txt"))).rejects.toThrow();
+  });
+
+  it("caps an override of max_iterations at the agent type's", async () => {
+    const steps = ['call read_file {"path":"notes.txt"}', 'call list_files {"path":"."}', 'call read_file {"path":"notes.txt"}'];
+    const { outcome } = await run(request("brief", steps.join(" then "), { overrides: { maxIterations: 10, systemPrompt: "" } }));
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "max_iterations", iterations: 2 });
+  });
+
+  it("lists tools once for concurrent runs, and one run's cancel does not fail the others", async () => {
+    // A runner of its own: its tool cache is cold, so both runs wait on the same ListTools call.
+    const coldRunner = createAgentRunner(runnerDeps);
+    const controller = new AbortController();
+    const start = (runId: string, signal: AbortSignal) =>
+      coldRunner.run(request("explore", "Nothing to look up here."), { runId, parentRunId: "", depth: 0, signal, emit: () => undefined });
+    const first = start("cold-cache-cancelled", controller.signal);
+    const second = start("cold-cache-ok", AbortSignal.timeout(60_000));
+    controller.abort();
+    const [cancelled, succeeded] = await Promise.allSettled([first, second]);
+    // The cancelled run stops wherever the cancel found it; it does not succeed.
+    expect(cancelled.status === "rejected" || cancelled.value.status === AgentStatus.AGENT_STATUS_CANCELLED).toBe(true);
+    expect(succeeded).toMatchObject({ status: "fulfilled", value: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed" } });
+  });
+
+  it("records a run whose finished record fails once as it ended, retrying the write only", async () => {
+    const finishedWrites: AgentStatus[] = [];
+    let failuresLeft = 1;
+    const flakyRecorder: RunRecorder = {
+      started: (record, signal) => recorder.started(record, signal),
+      progressed: (runId, iterations, usage, signal) => recorder.progressed(runId, iterations, usage, signal),
+      toolCalled: (call, signal) => recorder.toolCalled(call, signal),
+      async finished(record, signal) {
+        finishedWrites.push(record.status);
+        if (failuresLeft > 0) {
+          failuresLeft -= 1;
+          throw new Error("the database is briefly unavailable");
+        }
+        await recorder.finished(record, signal);
+      },
+    };
+    const flakyRunner = createAgentRunner({ ...runnerDeps, recorder: flakyRecorder });
+    const outcome = await flakyRunner.run(request("explore", "Nothing to look up here."), {
+      runId: "flaky-finished-record",
+      parentRunId: "",
+      depth: 0,
+      signal: AbortSignal.timeout(60_000),
+      emit: () => undefined,
+    });
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed" });
+    // Retried with the same outcome; never reclassified as failed.
+    expect(finishedWrites).toEqual([AgentStatus.AGENT_STATUS_SUCCEEDED, AgentStatus.AGENT_STATUS_SUCCEEDED]);
+    expect(recorder.runs.get("flaky-finished-record")?.finished).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed" });
+  });
+
+  it("gives up on a finished record that cannot be written, after a few attempts, without reclassifying the run", async () => {
+    const finishedWrites: AgentStatus[] = [];
+    const failingRecorder: RunRecorder = {
+      started: (record, signal) => recorder.started(record, signal),
+      progressed: (runId, iterations, usage, signal) => recorder.progressed(runId, iterations, usage, signal),
+      toolCalled: (call, signal) => recorder.toolCalled(call, signal),
+      async finished(record) {
+        finishedWrites.push(record.status);
+        throw new Error("the database is down");
+      },
+    };
+    const failingRunner = createAgentRunner({ ...runnerDeps, recorder: failingRecorder });
+    await expect(
+      failingRunner.run(request("explore", "Nothing to look up here."), { runId: "failing-finished-record", parentRunId: "", depth: 0, signal: AbortSignal.timeout(60_000), emit: () => undefined }),
+    ).rejects.toThrow("the database is down");
+    expect(finishedWrites).toEqual([AgentStatus.AGENT_STATUS_SUCCEEDED, AgentStatus.AGENT_STATUS_SUCCEEDED, AgentStatus.AGENT_STATUS_SUCCEEDED]);
+  });
+
+  describe("a StreamAgent client that stays connected but stops reading", () => {
+    // Far more model tokens than the stream buffers (64 events), so the run must wait for the client.
+    const longInstruction = Array.from({ length: 400 }, (_, index) => `word${index}`).join(" ");
+
+    async function runUnread(extra: Partial<RunAgentRequest>, signal: AbortSignal): Promise<RunOutcome> {
+      let outcome: Promise<RunOutcome> | undefined;
+      runCount += 1;
+      const runId = `unread-${runCount}`;
+      const stream = streamRun((emit) => (outcome = runner.run(request("explore", longInstruction, extra), { runId, parentRunId: "", depth: 0, signal, emit })));
+      // The client reads the first event, then nothing more, and does not go away.
+      await stream.next();
+      const ended = await outcome!;
+      // The client goes away: what was buffered is dropped, and the stream ends.
+      await stream.return(ended);
+      return ended;
+    }
+
+    it("does not keep the run past its timeout: it ends and is recorded as timed out", async () => {
+      const outcome = await runUnread({ overrides: { timeoutMs: 1_000, systemPrompt: "" } }, AbortSignal.timeout(60_000));
+      expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout" });
+      expect(recorder.runs.get(outcome.runId)?.finished).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout" });
+    }, 30_000);
+
+    it("does not keep the run past its cancel: it ends and is recorded as cancelled", async () => {
+      const controller = new AbortController();
+      // Cancelled once the run is surely waiting for the client (it cannot pass 64 unread events).
+      setTimeout(() => controller.abort(), 500);
+      const outcome = await runUnread({}, controller.signal);
+      expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled" });
+      expect(recorder.runs.get(outcome.runId)?.finished).toMatchObject({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled" });
+    }, 30_000);
   });
 
   it("gives malformed tool-call JSON back to the model as that call's error, and goes on", async () => {

@@ -22,9 +22,10 @@ import { ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
 import type { HookPayload } from "../hooks/hook-types";
 import type { PluginToolRegistry } from "../plugins/plugin-tools";
-import type { RunRecorder } from "../runs/run-records";
+import type { RunFinishedRecord, RunRecorder } from "../runs/run-records";
 import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
 import type { RelayInferenceServiceDefinition } from "./chat-agent";
+import { untilAborted } from "./abortable";
 import { createRunBudget, type RunBudget } from "./run-budget";
 import { createContextConversation, createLocalConversation, type RunConversation } from "./run-conversation";
 import { callSignature, createStuckDetector } from "./stuck-detector";
@@ -90,8 +91,11 @@ export interface RunOptions {
   /**
    * Receives each encoded AgentEvent, in order. Awaited: a slow consumer slows the run down rather
    * than piling events up. The model's events are the broker's bytes framed, never re-encoded.
+   * `signal` aborts when the run is cancelled or times out: a waiting emit should stop waiting then.
+   * The run stops waiting for it then either way, so that a consumer that stopped reading cannot
+   * keep a run (and its admission slot) past its cancel or deadline.
    */
-  emit(event: Uint8Array): void | Promise<void>;
+  emit(event: Uint8Array, signal: AbortSignal): void | Promise<void>;
   /**
    * False when nobody reads the model's tokens (RunAgent): model calls are then one Complete each
    * and no model_event is emitted; the other events still are. Default true.
@@ -124,7 +128,8 @@ interface InternalRunOptions {
   readonly parentRunId: string;
   readonly depth: number;
   readonly signal: AbortSignal;
-  readonly send: (event: Uint8Array, isModelEvent: boolean) => Promise<void>;
+  /** Hands an event over; rejects with the signal's reason when `signal` aborts before the consumer took it. */
+  readonly send: (event: Uint8Array, isModelEvent: boolean, signal: AbortSignal) => Promise<void>;
   readonly budget: RunBudget | undefined;
   /** False: nobody reads the model's tokens, so each model call is one Complete instead of a stream. */
   readonly streamModelEvents: boolean;
@@ -168,6 +173,9 @@ const finishStops: Record<FinishReason, Stop> = {
   [FinishReason.UNRECOGNIZED]: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", error: "" },
 };
 
+/** Attempts at writing a run's finished record before giving up on it. */
+const finishedRecordAttempts = 3;
+
 const emptyUsage = (): Usage => ({ promptTokens: 0, completionTokens: 0, totalTokens: 0, cachedPromptTokens: 0 });
 
 /** Builds the agent loop over the broker, the tool-runner, the agent types, hooks and the recorder. */
@@ -175,6 +183,27 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
   const limits: AgentRunnerLimits = { ...defaultAgentRunnerLimits, ...deps.limits };
   const { logger, recorder } = deps;
   const recordSignal = () => AbortSignal.timeout(limits.recordDeadlineMs);
+
+  /**
+   * Writes a run's finished record, retried a few times: without it the run stays `running` until
+   * the sweeper finds it. Throws the last error when every attempt failed (after logging it); the
+   * run's outcome stands either way, only its record is missing.
+   */
+  async function recordFinished(record: RunFinishedRecord): Promise<void> {
+    for (let attempt = 1; ; attempt += 1) {
+      try {
+        await recorder.finished(record, recordSignal());
+        return;
+      } catch (error: unknown) {
+        if (attempt >= finishedRecordAttempts) {
+          logger.error({ err: error, runId: record.runId, attempts: attempt }, "could not record the finished run");
+          throw error;
+        }
+        logger.warn({ err: error, runId: record.runId, attempt }, "recording the finished run failed; trying again");
+        await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+      }
+    }
+  }
 
   // In an outage of the context service every run falls back at once: one warning per interval says so.
   let lastContextWarningAt = Number.NEGATIVE_INFINITY;
@@ -223,7 +252,15 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     const key = agentType.toolAgentType;
     let listing = toolCache.get(key);
     if (!listing) {
-      const { signal: callSignal, dispose } = linkSignals(signal, AbortSignal.timeout(limits.listToolsDeadlineMs));
+      // A caller cancelled already starts nothing (its signal's trace context would come aborted).
+      if (signal.aborted) return Promise.reject(signal.reason);
+      // Shared by every run that asks while it is in flight, so only its own deadline may end it:
+      // with the first caller's signal, that caller's cancel would fail all the others. A link to
+      // the caller's signal disposed at once keeps its trace context (the call stays in the first
+      // caller's trace) and drops its cancel.
+      const traced = linkSignals(signal);
+      traced.dispose();
+      const { signal: callSignal, dispose } = linkSignals(traced.signal, AbortSignal.timeout(limits.listToolsDeadlineMs));
       listing = deps.tools
         .listTools({ agentType: agentType.toolAgentType }, { signal: callSignal })
         .then((response) => response.tools.map((tool) => ({ name: tool.name, description: tool.description, parametersJsonSchema: tool.parametersJsonSchema })))
@@ -233,7 +270,8 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     }
     // A type registered in code may narrow the list of the type it borrows its permissions from.
     const narrowTo = agentType.tools === "*" ? undefined : new Set(agentType.tools);
-    return listing.then((tools) => (narrowTo ? tools.filter((tool) => narrowTo.has(tool.name)) : tools));
+    // Each caller stops waiting on its own cancel; the shared listing goes on for the others.
+    return untilAborted(listing, signal).then((tools) => (narrowTo ? tools.filter((tool) => narrowTo.has(tool.name)) : tools));
   }
 
   function pluginToolsOf(agentType: AgentType): ToolDefinition[] {
@@ -282,13 +320,15 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     if (request.history.length === 0 && request.instruction === "") {
       throw new ServerError(Status.INVALID_ARGUMENT, "instruction: is required when history is empty");
     }
-    const maxIterations = overrides?.maxIterations || agentType.maxIterations;
+    // Overrides may only lower the agent type's limits: one above the configured value is capped to
+    // it, so a caller cannot buy a run more iterations, tokens or time than agents.yaml allows.
+    const maxIterations = capped(overrides?.maxIterations, agentType.maxIterations);
     // Sub-agents draw from their parent's pool; a top-level run opens one, with the overrides.
     const budget =
       options.budget ??
       createRunBudget({
-        maxTokens: overrides?.maxTokens || agentType.budgets.maxTokens,
-        timeoutMs: overrides?.timeoutMs || agentType.budgets.timeoutMs,
+        maxTokens: capped(overrides?.maxTokens, agentType.budgets.maxTokens),
+        timeoutMs: capped(overrides?.timeoutMs, agentType.budgets.timeoutMs),
         maxToolCalls: agentType.budgets.maxToolCalls,
       });
     // The run's span; every call of the run is made with (a signal linked from) its signal, so one trace holds them.
@@ -340,12 +380,15 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     const { runId } = options;
     const model = request.model || agentType.model;
     const callerTools = new Set(request.tools.map((tool) => tool.name));
+    const offeredTools = new Set(run.tools.map((tool) => tool.name));
     const usage = emptyUsage();
     const toolCalls: ToolCall[] = [];
     const stuck = createStuckDetector();
     let iterations = 0;
     let response = "";
-    const send = (event: AgentEvent["event"]) => options.send(AgentEvent.encode({ runId, event }).finish(), false);
+    const send = (event: AgentEvent["event"]) => options.send(AgentEvent.encode({ runId, event }).finish(), false, signal);
+    // Tool-call ids as recorded: unique within the run (the store keys them by run and id), see recordId.
+    const recordedCallIds = new Set<string>();
     const conversation = conversationOf({ runId, agentType, model, messages: run.messages, send });
     const hookPayload = (event: HookPayload["event"], extra: Partial<HookPayload> = {}): HookPayload => ({
       event,
@@ -370,9 +413,14 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       recordSignal(),
     );
 
+    // Set once finish has decided the run's outcome: from then on a failure (of the record, of the
+    // last event) is that step's, not the run's, so it must not reclassify the run or run on_finish again.
+    let finishing = false;
     const finish = async (stop: Stop): Promise<RunOutcome> => {
+      if (finishing) throw new Error(`run ${runId} finished twice`);
       // The last turn reaches the context service too, so that the stored conversation is whole.
       if (!signal.aborted) await conversation.flush(signal);
+      finishing = true;
       const outcome: RunOutcome = { runId, status: stop.status, stopReason: stop.stopReason, response, toolCalls, iterations, usage, error: stop.error };
       await deps.hooks.notify(
         agentType.hooks.on_finish,
@@ -380,7 +428,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         // Its own deadline: the run's signal may be the reason the run is finishing.
         AbortSignal.timeout(limits.recordDeadlineMs),
       );
-      await recorder.finished({ runId, status: stop.status, stopReason: stop.stopReason, response, iterations, usage, error: stop.error, finishedAt: new Date() }, recordSignal());
+      await recordFinished({ runId, status: stop.status, stopReason: stop.stopReason, response, iterations, usage, error: stop.error, finishedAt: new Date() });
       try {
         await send({ $case: "runFinished", value: { status: stop.status, stopReason: stop.stopReason, response, iterations, usage } });
       } catch (error: unknown) {
@@ -401,7 +449,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         let turn: ModelTurn;
         try {
           turn = options.streamModelEvents
-            ? await callModel(request, model, window, run.tools, inference.signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true))
+            ? await callModel(request, model, window, run.tools, inference.signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true, inference.signal))
             : await completeModel(request, model, window, run.tools, inference.signal);
         } catch (error: unknown) {
           inference.end(error);
@@ -429,7 +477,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
           return await finish(finishStops[turn.finishReason]);
         }
 
-        const results = await executeToolCalls({ ...run, iteration: iterations, calls: turn.toolCalls, callerTools, send, hookPayload });
+        const results = await executeToolCalls({ ...run, iteration: iterations, calls: turn.toolCalls, callerTools, offeredTools, recordedCallIds, send, hookPayload });
         toolCalls.push(...turn.toolCalls);
         for (const { call, result } of results) {
           if (result) conversation.add({ role: "tool", content: toolMessageContent(result), toolCalls: [], toolCallId: call.id, name: "" });
@@ -465,6 +513,8 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         }
       }
     } catch (error: unknown) {
+      // finish failed after deciding the outcome (e.g. the finished record could not be written): its error is thrown as is.
+      if (finishing) throw error;
       if (budget.deadline.aborted) {
         return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", error: `the run reached its timeout of ${budget.limits.timeoutMs} ms` });
       }
@@ -559,6 +609,10 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     iteration: number;
     calls: readonly ToolCall[];
     callerTools: ReadonlySet<string>;
+    /** Every tool the model was offered this run (the type's, the plugins', spawn_subagents, the caller's). */
+    offeredTools: ReadonlySet<string>;
+    /** Ids the run's tool calls were recorded under so far. */
+    recordedCallIds: Set<string>;
     send: (event: AgentEvent["event"]) => Promise<void>;
     hookPayload: (event: HookPayload["event"], extra?: Partial<HookPayload>) => HookPayload;
   }
@@ -610,6 +664,11 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     const prepared = await Promise.all(
       step.calls.map(async (call, index): Promise<Prepared> => {
         if (step.callerTools.has(call.name)) return { kind: "caller" };
+        // The model may name any tool; only those offered to this agent type are run. Anything else
+        // would reach ExecuteBatch under toolAgentType, with permissions this type was not given.
+        if (!step.offeredTools.has(call.name)) {
+          return { kind: "done", refusedByBudget: false, result: failed(call, `tool ${call.name} is not available to agent type ${agentType.name}`) };
+        }
         const parsed = parseArguments(call.argumentsJson);
         if ("error" in parsed) {
           return { kind: "done", refusedByBudget: false, result: failed(call, `arguments_json: ${parsed.error}; call ${call.name} again with a JSON object as its arguments`) };
@@ -697,7 +756,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       await send({ $case: "toolResult", value: result });
       await recorder.toolCalled(
         {
-          id: call.id,
+          id: recordId(step.recordedCallIds, iteration, index, call.id),
           runId: options.runId,
           iteration,
           toolName: call.name,
@@ -786,7 +845,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
               parentRunId: options.runId,
               depth: options.depth + 1,
               signal: step.signal,
-              send: (event, isModelEvent) => (isModelEvent ? Promise.resolve() : options.send(event, false)),
+              send: (event, isModelEvent, signal) => (isModelEvent ? Promise.resolve() : options.send(event, false, signal)),
               budget: step.budget,
               streamModelEvents: false,
             },
@@ -816,7 +875,13 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     async run(request, options) {
       // Events are handed over one at a time, in order, even when parallel tools or sub-agents emit together.
       let tail: Promise<void> = Promise.resolve();
-      const send = (event: Uint8Array) => (tail = tail.then(() => options.emit(event)));
+      const send = (event: Uint8Array, _isModelEvent: boolean, signal: AbortSignal) => {
+        const delivered = tail.then(() => options.emit(event, signal));
+        // The next event waits for this one, but not for its failure.
+        tail = delivered.catch(() => undefined);
+        // An emit that ignores the signal must not hold the run past its cancel or deadline either.
+        return untilAborted(delivered, signal);
+      };
       return runInternal(request, {
         runId: options.runId,
         parentRunId: options.parentRunId,
@@ -840,6 +905,25 @@ const statusNames: Partial<Record<AgentStatus, string>> = {
   [AgentStatus.AGENT_STATUS_FAILED]: "failed",
   [AgentStatus.AGENT_STATUS_CANCELLED]: "cancelled",
 };
+
+/** A caller's override of a limit: unset (0) keeps the configured value, a larger one is capped to it. */
+function capped(override: number | undefined, configured: number): number {
+  return override ? Math.min(override, configured) : configured;
+}
+
+/**
+ * The id a tool call is recorded under. The store keys calls by (run, id) and drops duplicates, and
+ * a model may reuse an id in a later iteration (some number them per turn): such a call is recorded
+ * as `${iteration}:${id}` (plus its index if even that is taken). The model's own id stays in the
+ * tool message and the events, where it must match the assistant's call.
+ */
+function recordId(used: Set<string>, iteration: number, index: number, id: string): string {
+  let recorded = id;
+  if (used.has(recorded)) recorded = `${iteration}:${id}`;
+  if (used.has(recorded)) recorded = `${iteration}:${index}:${id}`;
+  used.add(recorded);
+  return recorded;
+}
 
 function message(role: string, content: string): ChatMessage {
   return { role, content, toolCalls: [], toolCallId: "", name: "" };

@@ -69,6 +69,23 @@ describe("agent types", () => {
     ["an unknown sub-agent type", minimal("    subagents: [explorer]\n"), /^agents\.yaml:8: agents\.explore\.subagents\.0: unknown agent type "explorer" \(known: explore\)/],
     ["a webhook that is not a URL", minimal("    hooks:\n      on_finish:\n        - url: ftp://x\n"), /^agents\.yaml:10: agents\.explore\.hooks\.on_finish\.0\.url: must be an http/],
     ["broken YAML", "agents:\n  explore: [\n", /^agents\.yaml:\d+: not valid YAML/],
+    [
+      "a timeout_ms above 2^31-1 ms (Node's timers would fire at once)",
+      minimal().replace("timeout_ms: 1000", "timeout_ms: 2147483648"),
+      /^agents\.yaml:7: agents\.explore\.budgets\.timeout_ms: /,
+    ],
+    [
+      "a read-only type that may start a read-write one (it could write through it)",
+      minimal(`    subagents: [edit]
+  edit:
+    description: Writes.
+    max_iterations: 5
+    tools: "*"
+    workspace_access: read-write
+    budgets: { max_tokens: 1000, timeout_ms: 1000, max_tool_calls: 3 }
+`),
+      /^agents\.yaml:8: agents\.explore\.subagents\.0: read-only agent type "explore" may not start read-write agent type "edit"/,
+    ],
   ])("refuses %s, naming the file, key path and line", (_, text, message) => {
     expect(() => parseAgentTypes(text, "agents.yaml")).toThrow(message);
   });
@@ -111,6 +128,10 @@ describe("agent types", () => {
     expect(catalog.list().map((type) => type.name)).toEqual(["explore", "reviewer"]);
     expect(() => catalog.register({ name: "explore", description: "x", maxIterations: 1, toolAgentType: "explore" })).toThrow("already defined");
     expect(() => catalog.register({ name: "other", description: "x", maxIterations: 1, toolAgentType: "nobody" })).toThrow('toolAgentType "nobody"');
+    catalog.register({ name: "writer", description: "Writes.", maxIterations: 3, toolAgentType: "explore", workspaceAccess: "read-write" });
+    expect(() => catalog.register({ name: "sneaky", description: "x", maxIterations: 1, toolAgentType: "explore", subagents: ["writer"] })).toThrow(
+      'read-only agent type may not start read-write agent type "writer"',
+    );
   });
 
   it("is the same file the tool-runner reads: it keeps tools and workspace_access for every type", async () => {

@@ -75,6 +75,9 @@ export interface AgentTypeCatalog {
 const agentTypeName = z.string().regex(/^[a-z][a-z0-9_-]{0,63}$/, "agent type names are 1-64 lowercase letters, digits, '_' or '-'");
 const positiveInteger = z.number().int().positive();
 
+/** The longest timeout_ms: Node's timers hold at most 2^31-1 ms (about 24.8 days). */
+export const maxTimeoutMs = 2_147_483_647;
+
 /** The context budget of an agent type that names none. */
 export const defaultContextBudgetTokens = 32_768;
 
@@ -98,7 +101,8 @@ const agentSchema = z
     budgets: z
       .object({
         max_tokens: positiveInteger,
-        timeout_ms: positiveInteger,
+        // Node's timers hold at most 2^31-1 ms; a longer AbortSignal.timeout would fire after 1 ms instead.
+        timeout_ms: positiveInteger.max(maxTimeoutMs),
         max_tool_calls: z.number().int().min(0),
       })
       .strict(),
@@ -171,6 +175,13 @@ export function parseAgentTypes(text: string, source: string, codeTypes: Readonl
         const known = [...types.keys(), ...codeTypes.keys()].sort().join(", ");
         throw new AgentTypesConfigError(file.describe(["agents", name, "subagents", index], `unknown agent type "${subagent}" (known: ${known})`));
       }
+      const child = types.get(subagent) ?? codeTypes.get(subagent);
+      // A sub-agent works in its parent's workspace: a read-write one would let a read-only type write through it.
+      if (agent.workspaceAccess === "read-only" && child?.workspaceAccess === "read-write") {
+        throw new AgentTypesConfigError(
+          file.describe(["agents", name, "subagents", index], `read-only agent type "${name}" may not start read-write agent type "${subagent}" (it could write through it)`),
+        );
+      }
     });
   }
   return types;
@@ -224,7 +235,15 @@ export async function loadAgentTypeCatalog(path: string, options: { logger: Logg
       if (!fileTypes.has(definition.toolAgentType)) {
         throw new Error(`agent type "${definition.name}": toolAgentType "${definition.toolAgentType}" is not an agent type of ${path}`);
       }
-      codeTypes.set(definition.name, { ...codeDefaults, ...definition, source: "code" });
+      const agentType: AgentType = { ...codeDefaults, ...definition, source: "code" };
+      for (const subagent of agentType.subagents) {
+        // The same rule as for the file's types (see parseAgentTypes).
+        if (agentType.workspaceAccess === "read-only" && merged.get(subagent)?.workspaceAccess === "read-write") {
+          throw new Error(`agent type "${definition.name}": read-only agent type may not start read-write agent type "${subagent}" (it could write through it)`);
+        }
+      }
+      if (agentType.budgets.timeoutMs > maxTimeoutMs) throw new Error(`agent type "${definition.name}": budgets.timeoutMs must be at most ${maxTimeoutMs}`);
+      codeTypes.set(definition.name, agentType);
       merged = merge(fileTypes, codeTypes);
       version += 1;
     },

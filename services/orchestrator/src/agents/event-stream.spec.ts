@@ -47,4 +47,26 @@ describe("streamRun", () => {
     }
     expect(finished).toBe(true);
   });
+
+  it("stops a waiting emit when its signal aborts, so a consumer that stopped reading cannot hold the run", async () => {
+    const controller = new AbortController();
+    let outcome: Promise<string> | undefined;
+    const stream = streamRun((emit) => {
+      outcome = (async () => {
+        try {
+          // Far more than the consumer will read: the run waits once 64 are queued.
+          for (let value = 0; value < 1_000; value += 1) await emit(bytes(value % 256), controller.signal);
+          return "all emitted";
+        } catch (error: unknown) {
+          return controller.signal.aborted && error === controller.signal.reason ? "stopped by the signal" : `unexpected: ${String(error)}`;
+        }
+      })();
+      return outcome;
+    });
+    // The consumer reads one event, then neither reads nor goes away.
+    await stream.next();
+    controller.abort();
+    await expect(outcome).resolves.toBe("stopped by the signal");
+    await stream.return("closed");
+  });
 });

@@ -2,24 +2,45 @@
 const highWaterMark = 64;
 
 /**
+ * Hands one event to the consumer. Resolves at once while fewer than 64 events are queued, else when
+ * the consumer has caught up; rejects with the signal's reason when `signal` aborts first, so that a
+ * client that stays connected but stops reading cannot hold a cancelled or timed-out run forever.
+ */
+export type Emit = (event: Uint8Array, signal?: AbortSignal) => Promise<void>;
+
+/**
  * Turns a run that pushes events through `emit` into an async generator that yields them, for a
  * streaming handler: `yield* streamRun((emit) => runner.run(request, { ...options, emit }))`. The
- * run waits when the consumer falls 64 events behind. When the consumer stops early (the client
- * went away), later events are dropped; the handler's signal, aborted by then, ends the run.
+ * run waits when the consumer falls 64 events behind, until the consumer catches up or the signal
+ * given to `emit` aborts. When the consumer stops early (the client went away), later events are
+ * dropped; the handler's signal, aborted by then, ends the run.
  * Returns the run's outcome; a run that throws makes the generator throw after the events before it.
  */
-export async function* streamRun<Outcome>(start: (emit: (event: Uint8Array) => Promise<void>) => Promise<Outcome>): AsyncGenerator<Uint8Array, Outcome, undefined> {
+export async function* streamRun<Outcome>(start: (emit: Emit) => Promise<Outcome>): AsyncGenerator<Uint8Array, Outcome, undefined> {
   const queue: Uint8Array[] = [];
   let wakeConsumer: (() => void) | undefined;
   let wakeProducer: (() => void) | undefined;
   let closed = false;
   let done = false;
 
-  const emit = async (event: Uint8Array): Promise<void> => {
+  const emit: Emit = async (event, signal) => {
     if (closed) return;
+    // Queued even when the signal has aborted: a consumer that still reads gets run_finished.
     queue.push(event);
     wakeConsumer?.();
-    if (queue.length >= highWaterMark) await new Promise<void>((resolve) => (wakeProducer = resolve));
+    if (queue.length < highWaterMark) return;
+    signal?.throwIfAborted();
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = () => {
+        wakeProducer = undefined;
+        reject(signal?.reason);
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      wakeProducer = () => {
+        signal?.removeEventListener("abort", onAbort);
+        resolve();
+      };
+    });
   };
   const running = start(emit).finally(() => {
     done = true;
