@@ -27,7 +27,8 @@ const sandboxPath = "/usr/local/bin:/usr/bin:/bin";
 const defaultMaxFileMb = 1024;
 // Enters the cgroup named by $0, then becomes the command ($@): every process of the sandbox,
 // bwrap included, is born inside the cgroup, with no window in which a fork escapes it.
-const enterCgroupScript = 'echo $$ > "$0" && exec "$@"';
+// Enters every cgroup listed in VLINDERS_CGROUP_PROCS (paths without spaces), then becomes the command.
+const enterCgroupScript = 'for procs in $VLINDERS_CGROUP_PROCS; do echo $$ > "$procs" || exit 125; done; exec "$@"';
 
 /**
  * The arguments that rebuild the host's top-level layout inside the sandbox: /usr read-only, and
@@ -75,7 +76,10 @@ export function createBubblewrapSandbox(options: BubblewrapSandboxOptions): Comm
     backend: "bubblewrap",
     async run(workspace: SandboxWorkspace, request: CommandRequest): Promise<CommandOutcome> {
       const user = await sandboxUser(workspace.hostPath, options.fallbackUser ?? defaultSandboxUser);
-      const limits = [`--as=${memoryBytes}`, `--nproc=${options.pidsLimit}`, `--fsize=${(options.maxFileMb ?? defaultMaxFileMb) * 1024 * 1024}`, "--core=0"];
+      const cgroup = cgroupRoot === undefined ? undefined : await MemoryCgroup.create(cgroupRoot, memoryBytes, options.pidsLimit);
+      // RLIMIT_NPROC counts the uid's processes across the whole host; a pids cgroup counts only this command's.
+      const processLimit = cgroup?.limitsProcesses === true ? [] : [`--nproc=${options.pidsLimit}`];
+      const limits = [`--as=${memoryBytes}`, ...processLimit, `--fsize=${(options.maxFileMb ?? defaultMaxFileMb) * 1024 * 1024}`, "--core=0"];
       const prlimitArgs = [
         ...limits,
         "--",
@@ -98,17 +102,17 @@ export function createBubblewrapSandbox(options: BubblewrapSandboxOptions): Comm
         "/bin/sh", "-c", request.command,
       ];
       const base = { cwd: "/", env: { PATH: sandboxPath } };
-      if (cgroupRoot === undefined) {
+      if (cgroup === undefined) {
         const outcome = await runHostProcess({ ...base, file: "prlimit", args: prlimitArgs, ...(isRoot ? user : {}) }, request, options.outputKillBytes);
         recordKill(options.metrics, outcome.killedBecause);
         return outcome;
       }
-      const cgroup = await MemoryCgroup.create(cgroupRoot, memoryBytes);
       try {
         const spec: HostProcessSpec = {
           ...base,
+          env: { ...base.env, VLINDERS_CGROUP_PROCS: cgroup.procsFiles.join(" ") },
           file: "/bin/sh",
-          args: ["-c", enterCgroupScript, cgroup.procsFile, "setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--", "prlimit", ...prlimitArgs],
+          args: ["-c", enterCgroupScript, "sh", "setpriv", `--reuid=${user.uid}`, `--regid=${user.gid}`, "--clear-groups", "--", "prlimit", ...prlimitArgs],
         };
         let outcome = await runHostProcess(spec, request, options.outputKillBytes);
         // Like Docker's: an OOM kill in the command's own cgroup is what ended a command that failed.

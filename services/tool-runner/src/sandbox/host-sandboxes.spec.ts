@@ -1,3 +1,4 @@
+import { spawn } from "node:child_process";
 import { access, chmod, chown, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -78,6 +79,19 @@ describe("the bubblewrap sandbox", () => {
     const refused = await sandbox.run({ ...workspace, writable: false }, request("cat made.txt; echo x > other.txt"));
     expect(refused.output).toContain("made\n");
     expect(refused.output).toContain("Read-only file system");
+  });
+
+  it("counts only its own processes: many processes of the same uid elsewhere do not stop it from starting", async () => {
+    // As a Docker sandbox running a fork bomb would: the sandbox uid holds more processes than the limit.
+    const others = Array.from({ length: 300 }, () => spawn("setpriv", ["--reuid=1000", "--regid=1000", "--clear-groups", "sleep", "30"], { stdio: "ignore" }));
+    try {
+      await Promise.all(others.map((child) => new Promise((resolve) => child.once("spawn", resolve))));
+      const workspace = await makeWorkspace("bwrap-own-processes");
+      const outcome = await sandbox.run(workspace, request("echo started"));
+      expect(outcome).toMatchObject({ exitCode: 0, output: "started\n" });
+    } finally {
+      for (const child of others) child.kill("SIGKILL");
+    }
   });
 
   it("has no network and a read-only /usr", async () => {
