@@ -224,8 +224,13 @@ describe("tool-runner", () => {
     });
 
     it("survives a fork bomb and runs the next command", async () => {
-      // `exec` needs no new process, so the shell waits out its timeout even when the bomb has taken every pid.
-      const bomb = await execute("run_command", { command: "bomb() { bomb | bomb & }; bomb; exec sleep 600" }, { timeoutMs: 3000 });
+      // The shell forks once, before the bomb exists, then `exec` needs no new process: the shell waits out its
+      // timeout even when the bomb has taken every pid (forking the bomb's pipeline itself could fail with "Cannot fork").
+      const bomb = await execute(
+        "run_command",
+        { command: "( bomb() { bomb | bomb & }; bomb ) & exec sleep 600" },
+        { timeoutMs: 3000 },
+      );
       expect(bomb.success).toBe(false);
       expect(bomb.error).toMatch(/timed out after 3000 ms/);
       const next = await execute("run_command", { command: "echo still-here" });
