@@ -1,13 +1,15 @@
-import {
-  createChannel,
-  createClientFactory,
-  type Channel,
-  type Client,
-  type CompatServiceDefinition,
-} from "nice-grpc";
-import { createInternalClientPipeline, type DeadlineOptions } from "./middleware/client-pipeline";
+import { context as otelContext } from "@opentelemetry/api";
+import type { Client, CompatServiceDefinition } from "nice-grpc";
+import { ClientError, Metadata, Status, type CallOptions } from "nice-grpc-common";
+import { internalAuthHeader } from "./middleware/internal-auth";
+import { injectTraceContext, startClientSpan, traceContextOf } from "./middleware/tracing";
+import { callOverHttp2, Http2Channel, type WireCall } from "./transport/grpc-client";
+import { wireMethodsOf, type WireMethod } from "./transport/service-definition";
 
-export type { DeadlineOptions } from "./middleware/client-pipeline";
+/** Call options of an internal client: a deadline, absolute or in milliseconds from now. */
+export interface DeadlineOptions {
+  deadline?: Date | number;
+}
 
 export interface InternalClientOptions {
   /** The mesh's shared secret, sent as x-internal-auth. */
@@ -16,28 +18,90 @@ export interface InternalClientOptions {
   defaultDeadlineMs: number;
 }
 
-/** One channel per downstream address, dialled once in the composition root. */
-export function createInternalChannel(address: string): Channel {
-  return createChannel(address, undefined, {
-    // Keep idle connections alive through proxies and detect dead peers on long streams.
-    "grpc.keepalive_time_ms": 30_000,
-    "grpc.keepalive_timeout_ms": 10_000,
-    "grpc.keepalive_permit_without_calls": 1,
-    // Spread calls over every address the name resolves to (all pods behind a headless Service),
-    // instead of grpc-js's default of pinning one connection.
-    "grpc.service_config": JSON.stringify({ loadBalancingConfig: [{ round_robin: {} }] }),
-  });
+/** Connections to one downstream address, dialled once in the composition root. */
+export type InternalChannel = Http2Channel;
+
+/**
+ * One channel per downstream address. `connections` > 1 spreads calls over that many HTTP/2
+ * connections, each to the next address the name resolves to (the pods behind a headless Service).
+ */
+export function createInternalChannel(address: string, connections = 1): InternalChannel {
+  return new Http2Channel(address, connections);
 }
 
 /**
  * A client for another service of the mesh: it propagates the trace context, sends the shared
  * secret and always has a deadline. Pass the handler's `signal` with each call so that a cancelled
- * call upstream cancels this one.
+ * call upstream cancels this one. Unary and server-streaming methods (all the mesh has); the
+ * transport is the mesh's own (transport/grpc-client.ts), without a wrapper per streamed message.
  */
 export function createInternalClient<Definition extends CompatServiceDefinition>(
   definition: Definition,
-  channel: Channel,
+  channel: InternalChannel,
   options: InternalClientOptions,
 ): Client<Definition, DeadlineOptions> {
-  return createClientFactory().use(createInternalClientPipeline(options)).create(definition, channel);
+  const client: Record<string, unknown> = {};
+  for (const method of wireMethodsOf(definition)) {
+    client[method.name] = method.requestStream
+      ? () => {
+          throw new Error(`${method.path}: client-streaming calls are not supported by the mesh's internal client`);
+        }
+      : method.responseStream
+        ? (request: unknown, callOptions: CallOptions & DeadlineOptions = {}) => streamingCall(channel, method, options, request, callOptions)
+        : (request: unknown, callOptions: CallOptions & DeadlineOptions = {}) => unaryCall(channel, method, options, request, callOptions);
+  }
+  return client as Client<Definition, DeadlineOptions>;
+}
+
+/** The call on the wire, inside a CLIENT span whose context travels in the metadata. */
+function startCall<Message>(
+  channel: InternalChannel,
+  method: WireMethod,
+  options: InternalClientOptions,
+  request: unknown,
+  callOptions: CallOptions & DeadlineOptions,
+  decode: (bytes: Buffer) => Message,
+): AsyncGenerator<Message, void, undefined> {
+  const { deadline = options.defaultDeadlineMs, signal } = callOptions;
+  const span = startClientSpan(method.path, traceContextOf(signal) ?? otelContext.active());
+  const metadata = Metadata(callOptions.metadata);
+  metadata.set(internalAuthHeader, options.internalSecret);
+  injectTraceContext(span.active, metadata);
+  const wire: WireCall = {
+    path: method.path,
+    request: method.serializeRequest(request),
+    metadata,
+    deadline: deadline instanceof Date ? deadline.getTime() : Date.now() + deadline,
+    signal,
+    onHeader: callOptions.onHeader,
+    onTrailer: callOptions.onTrailer,
+    onEnd: (code, details) => span.end(code, details),
+  };
+  return callOverHttp2(channel, wire, decode);
+}
+
+function streamingCall(
+  channel: InternalChannel,
+  method: WireMethod,
+  options: InternalClientOptions,
+  request: unknown,
+  callOptions: CallOptions & DeadlineOptions,
+): AsyncGenerator<unknown, void, undefined> {
+  return startCall(channel, method, options, request, callOptions, (bytes) => method.deserializeResponse(bytes));
+}
+
+async function unaryCall(
+  channel: InternalChannel,
+  method: WireMethod,
+  options: InternalClientOptions,
+  request: unknown,
+  callOptions: CallOptions & DeadlineOptions,
+): Promise<unknown> {
+  let response: Buffer | undefined;
+  for await (const message of startCall(channel, method, options, request, callOptions, (bytes) => bytes)) {
+    if (response !== undefined) throw new ClientError(method.path, Status.INTERNAL, "a unary call received more than one response");
+    response = message;
+  }
+  if (response === undefined) throw new ClientError(method.path, Status.INTERNAL, "a unary call ended without a response");
+  return method.deserializeResponse(response);
 }

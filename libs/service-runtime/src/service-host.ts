@@ -1,13 +1,14 @@
 import { setMaxListeners } from "node:events";
 import { fileDescriptorSet } from "@vlinders/proto";
-import { createServer, type CompatServiceDefinition, type Server, type ServiceImplementation } from "nice-grpc";
+import type { CompatServiceDefinition, ServiceImplementation } from "nice-grpc";
 import { HealthDefinition, HealthServiceImpl, HealthState } from "nice-grpc-server-health";
 import { ServerReflection, ServerReflectionService } from "nice-grpc-server-reflection";
 import type { Registry } from "prom-client";
 import type { Logger } from "./logger";
 import { createGrpcServerMetrics, startMetricsServer } from "./metrics";
-import { createCallPipelineMiddleware } from "./middleware/call-pipeline";
-import { createCallSignalMiddleware } from "./middleware/call-signal";
+import { createCallPipeline } from "./middleware/call-pipeline";
+import { createCallSignalInterceptor } from "./middleware/call-signal";
+import { createGrpcServer, type GrpcServer } from "./transport/grpc-server";
 
 export interface ServiceHostOptions {
   service: string;
@@ -57,19 +58,19 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
   const healthState = HealthState();
   const exposedServices: string[] = [];
   const cleanups: Array<() => Promise<void> | void> = [];
-  let server: Server | undefined = createServer().use(
-    createCallPipelineMiddleware({
+  let server: GrpcServer | undefined = createGrpcServer({
+    interceptor: createCallPipeline({
       logger,
       metrics: createGrpcServerMetrics(options.metricsRegistry),
       internalSecret: options.internalSecret,
       shutdownSignal: shutdownController.signal,
     }),
-  );
-  server.with(createCallSignalMiddleware(drainingController.signal)).add(HealthDefinition, HealthServiceImpl(healthState));
+  });
+  server.add(HealthDefinition, HealthServiceImpl(healthState), { interceptor: createCallSignalInterceptor(drainingController.signal) });
   let metricsServer: { close(): Promise<void> } | undefined;
   let shutdownPromise: Promise<void> | undefined;
 
-  function requireServer(): Server {
+  function requireServer(): GrpcServer {
     if (!server) throw new Error(`${options.service}: the server has been shut down`);
     return server;
   }
@@ -89,7 +90,7 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
     async listen(listenOptions) {
       const activeServer = requireServer();
       activeServer.add(ServerReflectionService, ServerReflection(fileDescriptorSet, [...exposedServices, healthServiceName]));
-      const grpcPort = await activeServer.listen(`${listenOptions.host}:${listenOptions.grpcPort}`);
+      const grpcPort = await activeServer.listen(listenOptions.host, listenOptions.grpcPort);
       let metricsPort: number | undefined;
       if (listenOptions.metricsPort !== undefined) {
         const started = await startMetricsServer(options.metricsRegistry, {

@@ -14,10 +14,10 @@ function callType(call: { requestStream: boolean; responseStream: boolean }): st
 export function createCallRecorder(options: { logger: Logger; metrics: GrpcServerMetrics }) {
   const { logger, metrics } = options;
   return function start(
-    call: { method: { path: string }; requestStream: boolean; responseStream: boolean },
+    call: { path: string; requestStream: boolean; responseStream: boolean },
     logFields: Record<string, string | undefined> = {},
   ): (code: Status) => void {
-    const [, service = "", method = ""] = call.method.path.split("/");
+    const [, service = "", method = ""] = call.path.split("/");
     const labels = { grpc_service: service, grpc_method: method, grpc_type: callType(call) };
     metrics.started.inc(labels);
     const startedAt = performance.now();
@@ -26,8 +26,8 @@ export function createCallRecorder(options: { logger: Logger; metrics: GrpcServe
       const ended = { ...labels, grpc_code: Status[code] };
       metrics.handled.inc(ended);
       metrics.handlingSeconds.observe(ended, seconds);
-      if (!call.method.path.startsWith("/grpc.")) {
-        logger.info({ ...logFields, method: call.method.path, code: Status[code], duration_ms: Math.round(seconds * 1000) }, "rpc finished");
+      if (!call.path.startsWith("/grpc.")) {
+        logger.info({ ...logFields, method: call.path, code: Status[code], duration_ms: Math.round(seconds * 1000) }, "rpc finished");
       }
     };
   };

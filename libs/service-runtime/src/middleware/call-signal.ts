@@ -1,16 +1,15 @@
-import type { ServerMiddleware } from "nice-grpc-common";
 import { linkSignals } from "../linked-signal";
+import type { CallInterceptor } from "../transport/grpc-server";
 
 /**
- * Gives each call one AbortSignal that fires on whichever comes first: the client cancels, the
- * call's deadline passes (grpc-js cancels the call), or the given server-wide signal (shutdown)
- * aborts. Handlers pass `context.signal` to every downstream call.
+ * Links each call's AbortSignal to a server-wide one as well: used for endless streams (health
+ * Watch) that must end the moment the server starts draining.
  */
-export function createCallSignalMiddleware(serverSignal: AbortSignal): ServerMiddleware {
-  return async function* callSignal(call, context) {
+export function createCallSignalInterceptor(serverSignal: AbortSignal): CallInterceptor {
+  return async function callSignal(_call, context, invoke) {
     const linked = linkSignals(context.signal, serverSignal);
     try {
-      return yield* call.next(call.request, { ...context, signal: linked.signal });
+      await invoke({ ...context, signal: linked.signal });
     } finally {
       linked.dispose();
     }

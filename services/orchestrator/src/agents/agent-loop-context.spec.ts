@@ -12,6 +12,7 @@ import { AgentEvent, AgentStatus, ContextServiceDefinition, ToolServiceDefinitio
 import {
   createInProcessRuntime,
   createInternalChannel,
+  type InternalChannel,
   createInternalClient,
   createLogger,
   initTracing,
@@ -20,7 +21,6 @@ import {
 } from "@vlinders/service-runtime";
 import { createToolRunner, toolRunnerConfigSchema } from "@vlinders/tool-runner";
 import { VllmSimulator } from "@vlinders/vllm-simulator";
-import type { Channel } from "nice-grpc";
 import { createHookRegistry, createHookRunner } from "../hooks/hook-runner";
 import { createAgentRunner, type AgentRunner, type AgentRunnerDependencies, type RunOutcome } from "./agent-loop";
 import { loadAgentTypeCatalog, type AgentTypeCatalog } from "./agent-types";
@@ -77,7 +77,7 @@ interface Collected {
 describe("agent loop with the context service, traced", () => {
   const simulator = new VllmSimulator({ timeToFirstTokenMs: 2, interTokenLatencyMs: 1 });
   const hosts: ServiceHost[] = [];
-  const channels: Channel[] = [];
+  const channels: InternalChannel[] = [];
   let database: Database & { schema: string };
   let workspaceRoot: string;
   let configDir: string;

@@ -6,10 +6,9 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { brokerConfigSchema, createInferenceBroker } from "@vlinders/inference-broker";
 import { AgentEvent, AgentStatus, ChatEvent, ToolServiceDefinition, type RunAgentRequest, type ToolResult, type Usage } from "@vlinders/proto";
-import { createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, type ServiceHost } from "@vlinders/service-runtime";
+import { createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
 import { createToolRunner, toolRunnerConfigSchema } from "@vlinders/tool-runner";
 import { countTokens, VllmSimulator } from "@vlinders/vllm-simulator";
-import type { Channel } from "nice-grpc";
 import { Status } from "nice-grpc-common";
 import { createHookRegistry, createHookRunner } from "../hooks/hook-runner";
 import { createPluginToolRegistry } from "../plugins/plugin-tools";
@@ -73,7 +72,7 @@ interface Collected {
 describe("agent loop", () => {
   const simulator = new VllmSimulator({ timeToFirstTokenMs: 2, interTokenLatencyMs: 1 });
   const hosts: ServiceHost[] = [];
-  const channels: Channel[] = [];
+  const channels: InternalChannel[] = [];
   let workspaceRoot: string;
   let stateDir: string;
   let configDir: string;
