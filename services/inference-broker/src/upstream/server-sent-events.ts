@@ -1,39 +1,70 @@
 /**
- * Reads a text/event-stream body and yields the data of each event (multi-line data joined with
- * "\n"), as the WHATWG spec says. Comments and other fields are skipped; a final event without its
- * blank line is still delivered.
+ * Cuts a text/event-stream body into the data of each event (multi-line data joined with "\n"), as
+ * the WHATWG spec says. Comments and other fields are skipped. Push-based, so that the broker's
+ * hot path reads a worker's chunks from the socket's "data" events without an async iterator per
+ * chunk and per event.
  */
-export async function* readServerSentEventData(body: AsyncIterable<Uint8Array>): AsyncGenerator<string, void, undefined> {
-  const decoder = new TextDecoder();
-  let buffer = "";
-  let dataLines: string[] = [];
+export class ServerSentEventParser {
+  private readonly decoder = new TextDecoder();
+  private buffer = "";
+  private dataLines: string[] = [];
 
-  function* takeLines(final: boolean): Generator<string, void, undefined> {
-    for (;;) {
-      const match = /\r\n|\r|\n/.exec(buffer);
+  /** Feeds a chunk of the body; calls `onData` for every event it completes. */
+  push(chunk: Uint8Array, onData: (data: string) => void): void {
+    this.buffer += this.decoder.decode(chunk, { stream: true });
+    this.takeLines(false, onData);
+  }
+
+  /** The body ended: delivers a final event even without its blank line. */
+  end(onData: (data: string) => void): void {
+    this.buffer += this.decoder.decode();
+    this.takeLines(true, onData);
+    if (this.buffer.startsWith("data:")) this.addDataLine(this.buffer);
+    this.buffer = "";
+    if (this.dataLines.length > 0) onData(this.dataLines.join("\n"));
+    this.dataLines = [];
+  }
+
+  private takeLines(final: boolean, onData: (data: string) => void): void {
+    const buffer = this.buffer;
+    let start = 0;
+    for (let index = 0; index < buffer.length; index++) {
+      const code = buffer.charCodeAt(index);
+      if (code !== 10 && code !== 13) continue;
       // A lone "\r" at the end may be the first half of "\r\n": wait for more input.
-      if (!match || (match[0] === "\r" && match.index === buffer.length - 1 && !final)) break;
-      const line = buffer.slice(0, match.index);
-      buffer = buffer.slice(match.index + match[0].length);
-      if (line === "") {
-        if (dataLines.length > 0) yield dataLines.join("\n");
-        dataLines = [];
-      } else if (line.startsWith("data:")) {
-        const value = line.slice(5);
-        dataLines.push(value.startsWith(" ") ? value.slice(1) : value);
-      }
+      if (code === 13 && index === buffer.length - 1 && !final) break;
+      this.takeLine(buffer.slice(start, index), onData);
+      if (code === 13 && buffer.charCodeAt(index + 1) === 10) index++;
+      start = index + 1;
+    }
+    this.buffer = start === 0 ? buffer : buffer.slice(start);
+  }
+
+  private takeLine(line: string, onData: (data: string) => void): void {
+    if (line === "") {
+      if (this.dataLines.length === 1) onData(this.dataLines[0]!);
+      else if (this.dataLines.length > 1) onData(this.dataLines.join("\n"));
+      this.dataLines = [];
+    } else if (line.startsWith("data:")) {
+      this.addDataLine(line);
     }
   }
 
+  private addDataLine(line: string): void {
+    const value = line.slice(5);
+    this.dataLines.push(value.charCodeAt(0) === 32 ? value.slice(1) : value);
+  }
+}
+
+/** The data of each event of a text/event-stream body, as an async iterable (see ServerSentEventParser). */
+export async function* readServerSentEventData(body: AsyncIterable<Uint8Array>): AsyncGenerator<string, void, undefined> {
+  const parser = new ServerSentEventParser();
+  const events: string[] = [];
+  const collect = (data: string) => events.push(data);
   for await (const chunk of body) {
-    buffer += decoder.decode(chunk, { stream: true });
-    yield* takeLines(false);
+    parser.push(chunk, collect);
+    yield* events.splice(0);
   }
-  buffer += decoder.decode();
-  yield* takeLines(true);
-  if (buffer.startsWith("data:")) {
-    const value = buffer.slice(5);
-    dataLines.push(value.startsWith(" ") ? value.slice(1) : value);
-  }
-  if (dataLines.length > 0) yield dataLines.join("\n");
+  parser.end(collect);
+  yield* events.splice(0);
 }

@@ -4,7 +4,7 @@ import { linkSignals } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerEndpoint } from "../registry/model-registry";
 import { statusForWorkerErrorCode } from "./chat-chunk-translator";
-import { readServerSentEventData } from "./server-sent-events";
+import { ServerSentEventParser } from "./server-sent-events";
 
 export interface WorkerTimeouts {
   /** From sending the request to the response headers. */
@@ -87,6 +87,7 @@ export class WorkerClient {
     apiKey?: string,
   ): AsyncGenerator<unknown, void, undefined> {
     const guard = new RequestGuard(worker, signal);
+    let completed = false;
     try {
       guard.arm(this.timeouts.connectMs, "answer");
       const response = await guard.run(this.post(worker, path, body, guard.signal, apiKey));
@@ -97,8 +98,23 @@ export class WorkerClient {
       }
       guard.streaming = true;
       guard.arm(this.timeouts.firstEventMs, "first token");
-      for await (const data of guard.iterate(readServerSentEventData(response))) {
-        if (data === "[DONE]") return;
+      const events = new EventQueue(response);
+      let sawDone = false;
+      for (;;) {
+        const data = events.shift();
+        if (data === undefined) {
+          if (events.ended) break;
+          await guard.run(events.wait());
+          continue;
+        }
+        // Read on to the end of the body after [DONE]: the connection then goes back to the pool
+        // instead of being closed, and the next request does not pay for a new one.
+        if (sawDone) continue;
+        if (data === "[DONE]") {
+          sawDone = true;
+          guard.arm(this.timeouts.idleMs, "end of the stream");
+          continue;
+        }
         let parsed: unknown;
         try {
           parsed = JSON.parse(data);
@@ -111,11 +127,67 @@ export class WorkerClient {
         yield parsed;
         guard.arm(this.timeouts.idleMs, "next token");
       }
-      throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} closed the stream before [DONE]`);
+      if (!sawDone) throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} closed the stream before [DONE]`);
+      completed = true;
     } finally {
       // Reached early when the consumer stops reading: aborting closes the connection to the worker.
-      guard.dispose();
+      guard.dispose(completed);
     }
+  }
+}
+
+/**
+ * The events of a streamed response, parsed as its chunks arrive and queued for one reader. A
+ * reader that falls behind pauses the socket, so TCP flow control reaches the worker.
+ */
+class EventQueue {
+  private readonly queue: string[] = [];
+  private readonly parser = new ServerSentEventParser();
+  private wake: (() => void) | undefined;
+  private failure: Error | undefined;
+  ended = false;
+
+  constructor(private readonly response: IncomingMessage) {
+    const enqueue = (data: string) => this.queue.push(data);
+    response.on("data", (chunk: Buffer) => {
+      this.parser.push(chunk, enqueue);
+      if (this.queue.length > 256) response.pause();
+      this.notify();
+    });
+    response.once("end", () => {
+      this.parser.end(enqueue);
+      this.ended = true;
+      this.notify();
+    });
+    response.once("close", () => {
+      if (!this.ended) this.failure ??= new Error("the connection closed before the end of the response");
+      this.notify();
+    });
+    response.on("error", (error: Error) => {
+      this.failure ??= error;
+      this.notify();
+    });
+  }
+
+  shift(): string | undefined {
+    const data = this.queue.shift();
+    if (data !== undefined && this.queue.length < 64 && this.response.isPaused()) this.response.resume();
+    return data;
+  }
+
+  /** Resolves when there is more to read; rejects when the response broke off. */
+  wait(): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.queue.length > 0 || this.ended) return Promise.resolve();
+    return new Promise<void>((resolve) => (this.wake = () => resolve())).then(() => {
+      if (this.queue.length === 0 && !this.ended && this.failure) throw this.failure;
+    });
+  }
+
+  private notify(): void {
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
   }
 }
 
@@ -209,28 +281,14 @@ class RequestGuard {
     }
   }
 
-  async *iterate<T>(source: AsyncIterable<T>): AsyncGenerator<T, void, undefined> {
-    const iterator = source[Symbol.asyncIterator]();
-    let done = false;
-    try {
-      for (;;) {
-        const next = await this.run(iterator.next());
-        if (next.done) {
-          done = true;
-          return;
-        }
-        yield next.value;
-      }
-    } finally {
-      // Close the source when leaving early, so that it stops reading before the request is aborted.
-      if (!done) await iterator.return?.(undefined).catch(() => {});
-    }
-  }
-
-  dispose(): void {
+  /**
+   * Ends the guard. The request is aborted unless it `completed` (its response read to the end):
+   * the connection of a completed request goes back to the keep-alive pool.
+   */
+  dispose(completed = false): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    this.controller.abort();
+    if (!completed) this.controller.abort();
     this.linked.dispose();
   }
 
