@@ -72,6 +72,7 @@ function startCall<Message>(
     request: method.serializeRequest(request),
     metadata,
     deadline: deadline instanceof Date ? deadline.getTime() : Date.now() + deadline,
+    timeoutMs: deadline instanceof Date ? deadline.getTime() - Date.now() : deadline,
     signal,
     onHeader: callOptions.onHeader,
     onTrailer: callOptions.onTrailer,

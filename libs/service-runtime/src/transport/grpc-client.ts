@@ -20,6 +20,8 @@ export interface WireCall {
   metadata: Metadata;
   /** Absolute deadline (epoch ms): sent as grpc-timeout and enforced here too. */
   deadline: number;
+  /** The deadline as the caller gave it, for the message when it passes. */
+  timeoutMs: number;
   signal: AbortSignal | undefined;
   onHeader?: (header: Metadata) => void;
   onTrailer?: (trailer: Metadata) => void;
@@ -198,7 +200,9 @@ export async function* callOverHttp2<Message>(
     settle(grpcStatusOf(trailers) ?? Status.UNKNOWN, decodeGrpcMessage(trailers["grpc-message"]));
   });
   stream.on("error", (error: Error) => {
-    failure ??= new ClientError(path, Status.UNAVAILABLE, `${channel.address}: ${error.message}`);
+    // A refused connection surfaces as "the pending stream has been canceled", caused by the connect error.
+    const cause = /\(caused by: (.*)\)$/.exec(error.message)?.[1] ?? error.message;
+    failure ??= new ClientError(path, Status.UNAVAILABLE, `${channel.address}: ${cause}`);
   });
   stream.on("close", () => {
     closed = true;
@@ -209,7 +213,7 @@ export async function* callOverHttp2<Message>(
   const onAbort = () => stream.close(http2Constants.NGHTTP2_CANCEL);
   signal?.addEventListener("abort", onAbort);
   const deadlineTimer = setTimeout(() => {
-    failure ??= new ClientError(path, Status.DEADLINE_EXCEEDED, `deadline of ${Math.round(call.deadline - startedAt)} ms exceeded`);
+    failure ??= new ClientError(path, Status.DEADLINE_EXCEEDED, `deadline of ${Math.round(call.timeoutMs)} ms exceeded`);
     stream.close(http2Constants.NGHTTP2_CANCEL);
   }, Math.max(0, call.deadline - startedAt));
 

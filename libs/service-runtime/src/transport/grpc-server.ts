@@ -84,6 +84,9 @@ export function createGrpcServer(options: GrpcServerOptions = {}): GrpcServer {
   const sockets = new Set<Socket>();
   let http2Server: Http2Server | undefined;
   let shuttingDown = false;
+  let forced = false;
+  let resolveForced: () => void = () => {};
+  const forcedSignal = new Promise<void>((resolve) => (resolveForced = resolve));
 
   function destroyConnections(): void {
     for (const session of sessions) session.destroy();
@@ -171,7 +174,8 @@ export function createGrpcServer(options: GrpcServerOptions = {}): GrpcServer {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
       // GOAWAY: clients open no new streams here; those in flight run to their end.
       for (const session of sessions) session.close();
-      while (activeCalls.size > 0) await Promise.allSettled([...activeCalls]);
+      // forceShutdown ends the wait for handlers that ignore their signal.
+      while (activeCalls.size > 0 && !forced) await Promise.race([Promise.allSettled([...activeCalls]), forcedSignal]);
       // Every call has ended, so nothing is lost by closing what is left: a session whose peer keeps
       // its connection open (or one Node never reports closed) must not hold the shutdown.
       const lingering = setTimeout(() => destroyConnections(), 200);
@@ -182,6 +186,8 @@ export function createGrpcServer(options: GrpcServerOptions = {}): GrpcServer {
 
     forceShutdown() {
       shuttingDown = true;
+      forced = true;
+      resolveForced();
       http2Server?.close();
       destroyConnections();
       http2Server = undefined;
@@ -387,7 +393,9 @@ async function runCall(call: ServerCall, method: RegisteredMethod, outer: CallIn
     : (context) => invokeHandler(call, context);
   try {
     await (outer ? outer(description, call.context, invokeInner) : invokeInner(call.context));
-    call.finish(Status.OK, "");
+    // A handler that returned quietly once its signal aborted still missed its deadline.
+    if (call.deadlineExceeded) call.finish(Status.DEADLINE_EXCEEDED, "deadline exceeded");
+    else call.finish(Status.OK, "");
   } catch (error: unknown) {
     if (call.deadlineExceeded) call.finish(Status.DEADLINE_EXCEEDED, "deadline exceeded");
     else if (error instanceof ServerError) call.finish(error.code, error.details);

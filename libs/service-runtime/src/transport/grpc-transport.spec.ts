@@ -1,0 +1,219 @@
+import { connect as connectHttp2 } from "node:http2";
+import { createServer as createTcpServer } from "node:net";
+import { ChatRequest, FinishReason, InferenceServiceDefinition, type ChatEvent } from "@vlinders/proto";
+import { createChannel, createClient, Metadata, ServerError, Status, type Channel } from "nice-grpc";
+import { createInternalChannel, createInternalClient, type InternalChannel } from "../client";
+import { createGrpcServer, type GrpcServer } from "./grpc-server";
+
+const secret = "transport-spec-secret-0123456789";
+
+function chatRequest(content: string): ChatRequest {
+  return ChatRequest.fromPartial({ model: "m", messages: [{ role: "user", content }] });
+}
+
+async function closedPort(): Promise<number> {
+  const server = createTcpServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/**
+ * The mesh's own gRPC transport against a grpc-js client (what Vlinders-API and grpcurl use) and
+ * against its own internal client: the protocol's corners a caller would see.
+ */
+describe("gRPC transport", () => {
+  let server: GrpcServer;
+  let port: number;
+  let grpcJsChannel: Channel;
+  let internalChannel: InternalChannel;
+  const seen: { cancelled: boolean; metadata?: Metadata } = { cancelled: false };
+
+  beforeAll(async () => {
+    server = createGrpcServer({ maxReceiveMessageBytes: 64 * 1024 });
+    server.add(InferenceServiceDefinition, {
+      async *chat(request, context) {
+        seen.metadata = context.metadata;
+        const words = request.messages[0]?.content.split(" ") ?? [];
+        if (words[0] === "fail") throw new ServerError(Status.FAILED_PRECONDITION, "chat: ünïcode % reason");
+        if (words[0] === "hang") {
+          yield { event: { $case: "contentDelta", value: "waiting" }, model: "m" };
+          await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+          seen.cancelled = true;
+          return;
+        }
+        for (const word of words) yield { event: { $case: "contentDelta", value: word }, model: "m" };
+        context.trailer.set("retry-after-ms", "250");
+        yield { event: { $case: "finishReason", value: FinishReason.FINISH_REASON_STOP }, model: "m" };
+      },
+      async complete() {
+        throw new ServerError(Status.UNIMPLEMENTED, "complete: not in this test");
+      },
+      async embed(request) {
+        return { model: request.model, embeddings: request.inputs.map((input) => ({ values: [input.length] })), usage: undefined };
+      },
+      async listModels(_request, context) {
+        const tag = context.metadata.get("tag-bin");
+        return { models: [{ id: tag instanceof Uint8Array ? Buffer.from(tag).toString("hex") : "none", aliases: [], maxContextTokens: 1, workerCount: 1 }] };
+      },
+    });
+    port = await server.listen("127.0.0.1", 0);
+    grpcJsChannel = createChannel(`127.0.0.1:${port}`);
+    internalChannel = createInternalChannel(`127.0.0.1:${port}`);
+  });
+
+  afterAll(async () => {
+    grpcJsChannel.close();
+    internalChannel.close();
+    await server.shutdown();
+  });
+
+  const contents = (events: ChatEvent[]) => events.flatMap((event) => (event.event?.$case === "contentDelta" ? [event.event.value] : []));
+
+  it("streams to a grpc-js client, with trailers, and carries binary metadata both ways", async () => {
+    const client = createClient(InferenceServiceDefinition, grpcJsChannel);
+    const events: ChatEvent[] = [];
+    let trailer: Metadata | undefined;
+    for await (const event of client.chat(chatRequest("one two three"), { onTrailer: (value) => (trailer = value) })) events.push(event);
+    expect(contents(events)).toEqual(["one", "two", "three"]);
+    expect(trailer?.get("retry-after-ms")).toBe("250");
+
+    const models = await client.listModels({}, { metadata: Metadata({ "tag-bin": Uint8Array.of(0xca, 0xfe) }) });
+    expect(models.models[0]?.id).toBe("cafe");
+  });
+
+  it("answers an error as a status with its (percent-encoded) message, to both clients", async () => {
+    const grpcJs = createClient(InferenceServiceDefinition, grpcJsChannel);
+    const internal = createInternalClient(InferenceServiceDefinition, internalChannel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+    for (const client of [grpcJs, internal]) {
+      const failure = await (async () => {
+        for await (const event of client.chat(chatRequest("fail now"))) void event;
+      })().catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: Status.FAILED_PRECONDITION, details: "chat: ünïcode % reason" });
+    }
+  });
+
+  it("answers UNIMPLEMENTED for an unknown method and a compressed request", async () => {
+    const session = connectHttp2(`http://127.0.0.1:${port}`);
+    try {
+      const ask = (path: string, body: Buffer, extra: Record<string, string> = {}) =>
+        new Promise<Record<string, unknown>>((resolve, reject) => {
+          const stream = session.request({ ":method": "POST", ":path": path, "content-type": "application/grpc", te: "trailers", ...extra });
+          stream.on("response", (headers) => resolve(headers as Record<string, unknown>));
+          stream.on("error", reject);
+          stream.end(body);
+        });
+      const unknown = await ask("/vlinders.v1.InferenceService/Nope", Buffer.from([0, 0, 0, 0, 0]));
+      expect(unknown).toMatchObject({ "grpc-status": String(Status.UNIMPLEMENTED) });
+      expect(String(unknown["grpc-message"])).toContain("/vlinders.v1.InferenceService/Nope");
+      const compressed = await ask("/vlinders.v1.InferenceService/ListModels", Buffer.from([1, 0, 0, 0, 0]), { "grpc-encoding": "gzip" });
+      expect(compressed).toMatchObject({ "grpc-status": String(Status.UNIMPLEMENTED) });
+    } finally {
+      session.close();
+    }
+  });
+
+  it("refuses a request over the size limit with RESOURCE_EXHAUSTED", async () => {
+    const client = createInternalClient(InferenceServiceDefinition, internalChannel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+    const failure = await client.embed({ model: "m", inputs: ["x".repeat(100 * 1024)] }).catch((error: unknown) => error);
+    expect(failure).toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("over the limit") });
+    expect(await client.embed({ model: "m", inputs: ["abc"] })).toMatchObject({ embeddings: [{ values: [3] }] });
+  });
+
+  it("aborts the handler's signal when the client cancels, and when the deadline passes", async () => {
+    const internal = createInternalClient(InferenceServiceDefinition, internalChannel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+    seen.cancelled = false;
+    const controller = new AbortController();
+    const cancelled = (async () => {
+      for await (const event of internal.chat(chatRequest("hang"), { signal: controller.signal })) {
+        if (event.event?.$case === "contentDelta") controller.abort();
+      }
+    })().catch((error: unknown) => error);
+    expect(await cancelled).toMatchObject({ name: "AbortError" });
+    for (let waited = 0; !seen.cancelled && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(seen.cancelled).toBe(true);
+
+    // A grpc-timeout as any client sends it: the server ends the call with DEADLINE_EXCEEDED.
+    seen.cancelled = false;
+    const session = connectHttp2(`http://127.0.0.1:${port}`);
+    try {
+      const trailers = await new Promise<Record<string, unknown>>((resolve, reject) => {
+        const stream = session.request({
+          ":method": "POST",
+          ":path": "/vlinders.v1.InferenceService/Chat",
+          "content-type": "application/grpc",
+          te: "trailers",
+          "grpc-timeout": "300m",
+        });
+        stream.on("trailers", (headers) => resolve(headers as Record<string, unknown>));
+        stream.on("data", () => {});
+        stream.on("error", reject);
+        const message = ChatRequest.encode(chatRequest("hang")).finish();
+        const frame = Buffer.alloc(5 + message.length);
+        frame.writeUInt32BE(message.length, 1);
+        frame.set(message, 5);
+        stream.end(frame);
+      });
+      expect(trailers).toMatchObject({ "grpc-status": String(Status.DEADLINE_EXCEEDED) });
+    } finally {
+      session.close();
+    }
+    for (let waited = 0; !seen.cancelled && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect(seen.cancelled).toBe(true);
+
+    const internalExpired = await (async () => {
+      for await (const event of internal.chat(chatRequest("hang"), { deadline: 200 })) void event;
+    })().catch((error: unknown) => error);
+    expect(internalExpired).toMatchObject({ code: Status.DEADLINE_EXCEEDED, details: expect.stringContaining("deadline of 200 ms") });
+  });
+
+  it("sends the shared secret and trace context as metadata", async () => {
+    const internal = createInternalClient(InferenceServiceDefinition, internalChannel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+    for await (const event of internal.chat(chatRequest("hello"))) void event;
+    expect(seen.metadata?.get("x-internal-auth")).toBe(secret);
+    expect(seen.metadata?.get("te")).toBeUndefined();
+  });
+
+  it("fails a call to an address where nothing listens with UNAVAILABLE, naming the address", async () => {
+    const channel = createInternalChannel(`127.0.0.1:${await closedPort()}`);
+    try {
+      const client = createInternalClient(InferenceServiceDefinition, channel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+      const failure = await client.listModels({}).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringMatching(/127\.0\.0\.1:\d+: connect ECONNREFUSED/) });
+    } finally {
+      channel.close();
+    }
+  });
+
+  it("lets calls in flight finish when shutting down, and refuses new ones", async () => {
+    const draining = createGrpcServer();
+    draining.add(InferenceServiceDefinition, {
+      async *chat(_request, context) {
+        yield { event: { $case: "contentDelta", value: "first" }, model: "m" };
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        if (!context.signal.aborted) yield { event: { $case: "contentDelta", value: "second" }, model: "m" };
+      },
+      complete: () => Promise.reject(new ServerError(Status.UNIMPLEMENTED, "")),
+      embed: () => Promise.reject(new ServerError(Status.UNIMPLEMENTED, "")),
+      listModels: async () => ({ models: [] }),
+    });
+    const drainingPort = await draining.listen("127.0.0.1", 0);
+    const channel = createInternalChannel(`127.0.0.1:${drainingPort}`);
+    try {
+      const client = createInternalClient(InferenceServiceDefinition, channel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+      const received: string[] = [];
+      let shutdown: Promise<void> | undefined;
+      for await (const event of client.chat(chatRequest("x"))) {
+        if (event.event?.$case === "contentDelta") received.push(event.event.value);
+        shutdown ??= draining.shutdown();
+      }
+      await shutdown;
+      expect(received).toEqual(["first", "second"]);
+      const refused = await client.listModels({}).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ code: Status.UNAVAILABLE });
+    } finally {
+      channel.close();
+    }
+  });
+});
