@@ -47,18 +47,6 @@ function endSpan(span: Span, code: Status, message: string | undefined): void {
   span.end();
 }
 
-/** Runs every step of a generator in the given context, so the span stays active across yields. */
-export function bindGenerator<T, R>(active: Context, generator: AsyncGenerator<T, R, undefined>): AsyncGenerator<T, R, undefined> {
-  // Asserted: newer lib typings add Symbol.asyncDispose to AsyncGenerator, which nothing here uses.
-  const bound = {
-    next: (...args: [] | [undefined]) => otelContext.with(active, () => generator.next(...args)),
-    return: (value: R | PromiseLike<R>) => otelContext.with(active, () => generator.return(value)),
-    throw: (error: unknown) => otelContext.with(active, () => generator.throw(error)),
-    [Symbol.asyncIterator]: () => bound,
-  } as AsyncGenerator<T, R, undefined>;
-  return bound;
-}
-
 /**
  * A SERVER span for a call, continuing the caller's trace (W3C trace context in the metadata).
  * `active` is the context to run the handler in, so that its logs and downstream calls belong to
