@@ -296,24 +296,34 @@ class ServerCall {
   /** The single request of a unary or server-streaming call. */
   readSingleRequest(): Promise<Uint8Array> {
     return new Promise((resolve, reject) => {
+      const stream = this.stream;
       const messages: Buffer[] = [];
-      const fail = (error: unknown) => {
-        this.stream.removeAllListeners("data");
-        reject(error);
-      };
-      this.stream.on("data", (chunk: Buffer) => {
+      const push = (message: Buffer) => messages.push(message);
+      const onData = (chunk: Buffer) => {
         try {
-          this.decoder.push(chunk, (message) => messages.push(message));
+          this.decoder.push(chunk, push);
         } catch (error: unknown) {
-          fail(error);
+          settle(error);
         }
-      });
-      this.stream.once("end", () => {
-        if (this.decoder.hasPartialMessage) fail(new ServerError(Status.INTERNAL, "the request ended inside a message"));
-        else if (messages.length !== 1) fail(new ServerError(Status.UNIMPLEMENTED, `expected one request message, got ${messages.length}`));
-        else resolve(messages[0]!);
-      });
-      this.stream.once("close", () => fail(abortErrorOf(this.controller.signal)));
+      };
+      const onEnd = () => {
+        if (this.decoder.hasPartialMessage) settle(new ServerError(Status.INTERNAL, "the request ended inside a message"));
+        else if (messages.length !== 1) settle(new ServerError(Status.UNIMPLEMENTED, `expected one request message, got ${messages.length}`));
+        else settle(undefined, messages[0]);
+      };
+      // The error is made only when the stream closes before the request was read: building one
+      // (with its stack) for every call would cost more than reading the request.
+      const onClose = () => settle(abortErrorOf(this.controller.signal));
+      const settle = (error: unknown, message?: Buffer) => {
+        stream.off("data", onData);
+        stream.off("end", onEnd);
+        stream.off("close", onClose);
+        if (message === undefined) reject(error);
+        else resolve(message);
+      };
+      stream.on("data", onData);
+      stream.once("end", onEnd);
+      stream.once("close", onClose);
     });
   }
 
