@@ -3,7 +3,7 @@ import type { Client, CompatServiceDefinition } from "nice-grpc";
 import { ClientError, Metadata, Status, type CallOptions } from "nice-grpc-common";
 import { internalAuthHeader } from "./middleware/internal-auth";
 import { injectTraceContext, startClientSpan, traceContextOf } from "./middleware/tracing";
-import { callOverHttp2, Http2Channel, type WireCall } from "./transport/grpc-client";
+import { callOverHttp2, Http2Channel, type KeepaliveSettings, type WireCall } from "./transport/grpc-client";
 import { wireMethodsOf, type WireMethod } from "./transport/service-definition";
 
 /** Call options of an internal client: a deadline, absolute or in milliseconds from now. */
@@ -25,8 +25,8 @@ export type InternalChannel = Http2Channel;
  * One channel per downstream address. `connections` > 1 spreads calls over that many HTTP/2
  * connections, each to the next address the name resolves to (the pods behind a headless Service).
  */
-export function createInternalChannel(address: string, connections = 1): InternalChannel {
-  return new Http2Channel(address, connections);
+export function createInternalChannel(address: string, connections = 1, keepalive?: KeepaliveSettings): InternalChannel {
+  return new Http2Channel(address, connections, keepalive);
 }
 
 /**

@@ -29,8 +29,13 @@ export interface WireCall {
   onEnd?: (code: Status, details: string | undefined) => void;
 }
 
-const keepaliveIntervalMs = 30_000;
-const keepaliveTimeoutMs = 10_000;
+/** How often an idle connection is pinged, and how long its answer may take. */
+export interface KeepaliveSettings {
+  intervalMs: number;
+  timeoutMs: number;
+}
+
+const defaultKeepalive: KeepaliveSettings = { intervalMs: 30_000, timeoutMs: 10_000 };
 /** Messages read ahead of a slow consumer before the stream is paused (HTTP/2 flow control takes over). */
 const highWaterMessages = 64;
 
@@ -49,6 +54,7 @@ export class Http2Channel {
   constructor(
     readonly address: string,
     connections = 1,
+    private readonly keepalive: KeepaliveSettings = defaultKeepalive,
   ) {
     const target = address.replace(/^dns:(\/\/[^/]*\/)?/, "");
     const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(target);
@@ -79,6 +85,7 @@ export class Http2Channel {
 
   private connect(slot: number): ClientHttp2Session {
     const { host, port } = this;
+    const { intervalMs: keepaliveIntervalMs, timeoutMs: keepaliveTimeoutMs } = this.keepalive;
     const pickAddress = (
       hostname: string,
       _options: unknown,
@@ -90,11 +97,12 @@ export class Http2Channel {
         callback(null, chosen.address, chosen.family);
       });
     };
+    let socket: Socket | undefined;
     const session = connectHttp2(`http://${isIP(host) === 6 ? `[${host}]` : host}:${port}`, {
       maxSessionMemory: 1024,
       settings: { initialWindowSize: 1024 * 1024, enablePush: false },
       createConnection: () => {
-        const socket: Socket = connectTcp({ host, port, lookup: isIP(host) === 0 ? pickAddress : undefined });
+        socket = connectTcp({ host, port, lookup: isIP(host) === 0 ? pickAddress : undefined });
         socket.setNoDelay(true);
         socket.setKeepAlive(true, keepaliveIntervalMs);
         return socket;
@@ -109,13 +117,24 @@ export class Http2Channel {
     session.on("goaway", forget);
     session.once("connect", () => session.setLocalWindowSize(16 * 1024 * 1024));
     // Pings find a peer that vanished without closing the connection, which would hold a long
-    // stream open forever; a connection without streams is not kept alive by them.
+    // stream open forever. Anything read from the peer proves it alive as well as a ping's answer
+    // does: a connection that is receiving is never pinged, and a ping is not held against a peer
+    // that keeps sending (under heavy load its answer waits behind the data of thousands of streams).
+    let bytesReadAtLastCheck = 0;
+    const receivedSinceLastCheck = (): boolean => {
+      const bytesRead = socket?.bytesRead ?? 0;
+      const received = bytesRead !== bytesReadAtLastCheck;
+      bytesReadAtLastCheck = bytesRead;
+      return received;
+    };
     const keepalive = setInterval(() => {
-      if (session.closed || session.destroyed) return;
-      const timeout = setTimeout(() => session.destroy(new Error(`${this.address} did not answer a ping within ${keepaliveTimeoutMs} ms`)), keepaliveTimeoutMs);
+      if (session.closed || session.destroyed || receivedSinceLastCheck()) return;
+      const timeout = setTimeout(() => {
+        if (!receivedSinceLastCheck()) session.destroy(new Error(`${this.address} did not answer a ping within ${keepaliveTimeoutMs} ms`));
+      }, keepaliveTimeoutMs);
       session.ping((error) => {
         clearTimeout(timeout);
-        if (error) session.destroy(error);
+        if (error && !session.destroyed) session.destroy(error);
       });
     }, keepaliveIntervalMs);
     keepalive.unref();

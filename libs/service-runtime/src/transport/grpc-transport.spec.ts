@@ -1,5 +1,5 @@
 import { connect as connectHttp2 } from "node:http2";
-import { createServer as createTcpServer } from "node:net";
+import { connect as connectTcp, createServer as createTcpServer, type Server as TcpServer, type Socket } from "node:net";
 import { ChatRequest, FinishReason, InferenceServiceDefinition, type ChatEvent } from "@vlinders/proto";
 import { createChannel, createClient, Metadata, ServerError, Status, type Channel } from "nice-grpc";
 import { createInternalChannel, createInternalClient, type InternalChannel } from "../client";
@@ -20,6 +20,43 @@ async function closedPort(): Promise<number> {
 }
 
 /**
+ * A TCP proxy to `port` that forwards everything except the server's answers to pings (HTTP/2
+ * PING frames with the ACK flag): a peer that never answers a ping, whether or not it sends data.
+ */
+async function proxyDroppingPingAnswers(port: number): Promise<{ port: number; close(): void }> {
+  const sockets = new Set<Socket>();
+  const proxy: TcpServer = createTcpServer((downstream) => {
+    const upstream = connectTcp(port, "127.0.0.1");
+    for (const socket of [downstream, upstream]) {
+      sockets.add(socket);
+      socket.on("error", () => {});
+      socket.on("close", () => sockets.delete(socket));
+    }
+    downstream.pipe(upstream);
+    let pending = Buffer.alloc(0);
+    upstream.on("data", (chunk: Buffer) => {
+      pending = Buffer.concat([pending, chunk]);
+      // The server side of HTTP/2 has no preface: its bytes are frames from the first one.
+      while (pending.length >= 9) {
+        const frameLength = 9 + pending.readUIntBE(0, 3);
+        if (pending.length < frameLength) break;
+        const isPingAnswer = pending[3] === 0x6 && (pending[4]! & 0x1) === 0x1;
+        if (!isPingAnswer) downstream.write(pending.subarray(0, frameLength));
+        pending = pending.subarray(frameLength);
+      }
+    });
+  });
+  await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (proxy.address() as { port: number }).port,
+    close() {
+      for (const socket of sockets) socket.destroy();
+      proxy.close();
+    },
+  };
+}
+
+/**
  * The mesh's own gRPC transport against a grpc-js client (what Vlinders-API and grpcurl use) and
  * against its own internal client: the protocol's corners a caller would see.
  */
@@ -37,6 +74,13 @@ describe("gRPC transport", () => {
         seen.metadata = context.metadata;
         const words = request.messages[0]?.content.split(" ") ?? [];
         if (words[0] === "fail") throw new ServerError(Status.FAILED_PRECONDITION, "chat: ünïcode % reason");
+        if (words[0] === "slow") {
+          for (let index = 0; index < Number(words[1]); index += 1) {
+            await new Promise((resolve) => setTimeout(resolve, 20));
+            yield { event: { $case: "contentDelta", value: String(index) }, model: "m" };
+          }
+          return;
+        }
         if (words[0] === "hang") {
           yield { event: { $case: "contentDelta", value: "waiting" }, model: "m" };
           await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
@@ -214,6 +258,30 @@ describe("gRPC transport", () => {
       expect(refused).toMatchObject({ code: Status.UNAVAILABLE });
     } finally {
       channel.close();
+    }
+  });
+
+  it("drops a connection whose peer answers no ping and sends nothing, but not one that keeps sending", async () => {
+    const proxy = await proxyDroppingPingAnswers(port);
+    const channel = createInternalChannel(`127.0.0.1:${proxy.port}`, 1, { intervalMs: 50, timeoutMs: 50 });
+    try {
+      const client = createInternalClient(InferenceServiceDefinition, channel, { internalSecret: secret, defaultDeadlineMs: 10_000 });
+      // 30 messages 20 ms apart: the keepalive fires several times during the stream.
+      const busy: ChatEvent[] = [];
+      for await (const event of client.chat(chatRequest("slow 30"))) busy.push(event);
+      expect(contents(busy)).toHaveLength(30);
+
+      const startedAt = Date.now();
+      const quiet = await (async () => {
+        for await (const _event of client.chat(chatRequest("hang"))) {
+          // "waiting", then nothing: the connection goes quiet.
+        }
+      })().catch((error: unknown) => error);
+      expect(quiet).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringContaining("did not answer a ping within 50 ms") });
+      expect(Date.now() - startedAt).toBeLessThan(5_000);
+    } finally {
+      channel.close();
+      proxy.close();
     }
   });
 });
