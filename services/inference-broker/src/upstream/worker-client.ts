@@ -1,6 +1,7 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { linkSignals } from "@vlinders/service-runtime";
+import { AbortError, isAbortError } from "abort-controller-x";
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerEndpoint } from "../registry/model-registry";
 import { statusForWorkerErrorCode } from "./chat-chunk-translator";
@@ -58,25 +59,38 @@ export class WorkerClient {
   private readonly agents = { "http:": new HttpAgent({ keepAlive: true }), "https:": new HttpsAgent({ keepAlive: true }) };
 
   private post(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal, apiKey: string | undefined): Promise<IncomingMessage> {
-    return new Promise((resolve, reject) => {
-      const url = new URL(`${worker.url}${path}`);
-      const send = url.protocol === "https:" ? httpsRequest : httpRequest;
-      const request = send(url, {
-        method: "POST",
-        headers: jsonRequestHeaders(apiKey),
-        agent: url.protocol === "https:" ? this.agents["https:"] : this.agents["http:"],
-        signal,
+    const url = new URL(`${worker.url}${path}`);
+    const payload = JSON.stringify(body);
+    const send = (onStaleSocket: "retry" | "fail"): Promise<IncomingMessage> =>
+      new Promise((resolve, reject) => {
+        const request = (url.protocol === "https:" ? httpsRequest : httpRequest)(url, {
+          method: "POST",
+          headers: jsonRequestHeaders(apiKey),
+          agent: url.protocol === "https:" ? this.agents["https:"] : this.agents["http:"],
+          signal,
+        });
+        let answered = false;
+        request.once("response", (response) => {
+          answered = true;
+          // Errors of the body reach whoever reads it; once nobody does (the consumer stopped and
+          // the request was aborted on purpose) they are expected and must not crash the process.
+          response.on("error", () => {});
+          resolve(response);
+        });
+        // Not once: an abort after the response came also emits here (rejecting then is a no-op).
+        request.on("error", (error: NodeJS.ErrnoException) => {
+          // A kept-alive connection the worker closed as it idled (its keep-alive timeout) fails the
+          // next request sent on it before the worker read a byte: nothing ran, so it is sent again
+          // once on a new connection instead of counting against a healthy worker.
+          if (!answered && onStaleSocket === "retry" && request.reusedSocket && error.code === "ECONNRESET" && !signal.aborted) {
+            resolve(send("fail"));
+            return;
+          }
+          reject(error);
+        });
+        request.end(payload);
       });
-      request.once("response", (response) => {
-        // Errors of the body reach whoever reads it; once nobody does (the consumer stopped and
-        // the request was aborted on purpose) they are expected and must not crash the process.
-        response.on("error", () => {});
-        resolve(response);
-      });
-      // Not once: an abort after the response came also emits here (rejecting then is a no-op).
-      request.on("error", reject);
-      request.end(JSON.stringify(body));
-    });
+    return send("retry");
   }
 
   async *streamJson(
@@ -295,8 +309,10 @@ class RequestGuard {
   private translate(error: unknown): unknown {
     if (this.timeoutError) return this.timeoutError;
     if (error instanceof ServerError) return error;
-    // The caller's abort (cancel, deadline, shutdown) propagates as is: the error boundary maps it.
-    if (this.signal.aborted) return error;
+    // The caller's abort (cancel, deadline, shutdown) ends the call as an abort, whatever the
+    // transport made of it ("aborted", "socket hang up"): the error boundary maps it quietly,
+    // where a raw transport error would be logged as a fault of this service.
+    if (this.signal.aborted) return isAbortError(error) ? error : new AbortError();
     const cause = error instanceof Error && error.cause instanceof Error ? error.cause.message : error instanceof Error ? error.message : String(error);
     return this.streaming
       ? new ServerError(Status.UNAVAILABLE, `worker ${this.worker.id} broke off the stream: ${cause}`)
