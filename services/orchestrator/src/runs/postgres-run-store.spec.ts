@@ -256,6 +256,57 @@ describe("createPostgresRunStore", () => {
     ]);
   });
 
+  it("records many runs written at once in a few statements, and a row the database refuses fails alone", async () => {
+    let statements = 0;
+    // Every write takes a connection for its statement: counting them counts the statements.
+    const counted = new Proxy(database.pool, {
+      get(target, property) {
+        if (property === "connect") {
+          return (...args: Parameters<typeof target.connect>) => {
+            statements += 1;
+            return target.connect(...args);
+          };
+        }
+        const value: unknown = Reflect.get(target, property);
+        return typeof value === "function" ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+    const runs = store({ pool: counted });
+    const statementsOf = async (writes: () => Promise<unknown>): Promise<number> => {
+      const before = statements;
+      await writes();
+      return statements - before;
+    };
+    const started = Array.from({ length: 50 }, (_, index) => startedRecord({ instruction: `task ${index}`, parentRunId: index % 2 === 0 ? "" : `parent-${index}` }));
+    const calls = started.map((run, index) => toolCall(run.runId, { iteration: 1, success: index % 5 !== 0 }));
+    // A statement per write would be 50, 100 and 50.
+    expect(await statementsOf(() => Promise.all(started.map((run) => runs.started(run))))).toBeLessThanOrEqual(2);
+    expect(
+      await statementsOf(() =>
+        Promise.all([
+          ...started.map((run, index) => runs.progressed(run.runId, 1, { promptTokens: index, completionTokens: 1, totalTokens: index + 1, cachedPromptTokens: 0 })),
+          ...calls.map((call) => runs.toolCalled(call)),
+        ]),
+      ),
+    ).toBeLessThanOrEqual(4);
+    expect(await statementsOf(() => Promise.all(started.map((run, index) => runs.finished(finishedRecord(run.runId, { iterations: 1, response: `answer ${index}` })))))).toBeLessThanOrEqual(2);
+
+    for (const [index, run] of started.entries()) {
+      const recorded = await runs.get(run.runId, live());
+      expect(recorded).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, response: `answer ${index}`, iterations: 1, parentRunId: run.parentRunId });
+      expect(await runs.listToolCalls(run.runId, live())).toEqual([{ ...calls[index], argumentsTruncated: false, resultTruncated: false }]);
+    }
+
+    // A tool call of a run never recorded breaks the foreign key: its batch-mates are still written.
+    const mates = started.slice(0, 5).map((run) => toolCall(run.runId, { iteration: 2 }));
+    const orphanCall = toolCall(`never-started-${randomUUID()}`);
+    const outcomes = await Promise.allSettled([...mates, orphanCall].map((call) => runs.toolCalled(call)));
+    expect(outcomes.slice(0, 5).map((outcome) => outcome.status)).toEqual(Array(5).fill("fulfilled"));
+    expect(outcomes[5]).toMatchObject({ status: "rejected", reason: expect.objectContaining({ message: expect.stringMatching(/foreign key/) }) });
+    for (const mate of mates) expect((await runs.listToolCalls(mate.runId, live())).map((call) => call.id)).toContain(mate.id);
+    expect(await runs.listToolCalls(orphanCall.runId, live())).toEqual([]);
+  });
+
   it("gives up a write when its signal aborts", async () => {
     const runs = store();
     const aborted = new AbortController();

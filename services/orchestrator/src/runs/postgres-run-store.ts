@@ -1,8 +1,9 @@
 import { queryWithSignal } from "@vlinders/database";
 import { AgentStatus, type AgentRun, type AgentTypeStats, type Usage } from "@vlinders/proto";
 import { linkSignals, type Logger } from "@vlinders/service-runtime";
-import type { Pool } from "pg";
+import { DatabaseError, type Pool } from "pg";
 import type { RunFinishedRecord, RunStartedRecord, RunStore, ToolCallRecord } from "./run-records";
+import { createWriteBatcher, type QueuedWrite } from "./write-batcher";
 
 /** The stop reason of a run whose process stopped before the run ended. */
 export const interruptedStopReason = "interrupted: the orchestrator stopped before the run ended";
@@ -77,6 +78,17 @@ export function isFinalStatus(status: AgentStatus): boolean {
   return finalStatuses.has(status);
 }
 
+/** The most run writes of one kind in one statement. */
+const maxWritesPerBatch = 500;
+
+/** A write of the loop's, as it waits for its batch. */
+type RunWrite =
+  | { kind: "started"; run: RunStartedRecord }
+  | { kind: "progressed"; runId: string; iterations: number; usage: Usage | undefined }
+  | { kind: "toolCalled"; call: ToolCallRecord }
+  | { kind: "finished"; run: RunFinishedRecord; status: string };
+type Queued<K extends RunWrite["kind"]> = QueuedWrite<Extract<RunWrite, { kind: K }>>;
+
 interface ExecutionRow {
   id: string;
   agent_type: string;
@@ -127,7 +139,9 @@ interface StatsRow {
  * Run records in PostgreSQL (`agent_executions`, `tool_calls`), the record of truth of GetAgent and
  * GetAgentStats.
  *
- * - Every write is one statement the caller awaits; a run the caller saw finish is in the table.
+ * - Every write is awaited by its caller; a run the caller saw finish is in the table. Writes that
+ *   arrive together share a statement per kind (group commit): with many runs at once, the
+ *   database's cost per statement, not per row, is what holds them up.
  * - `finished` is idempotent and only moves a run out of `queued`/`running`, so that a late or
  *   repeated write never clobbers an outcome. One exception: a real outcome replaces `interrupted`,
  *   which another replica's sweep only presumed (this replica was cut off from the database for
@@ -173,6 +187,201 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
     }
   }
 
+  const batcher = createWriteBatcher<RunWrite>({ writeBatch, maxBatch: maxWritesPerBatch });
+
+  function submit(runWrite: RunWrite, what: string, signal: AbortSignal | undefined): Promise<void> {
+    if (closed) return Promise.reject(new Error(`the run store is closed: cannot record ${what}`));
+    return batcher.submit(runWrite, signal);
+  }
+
+  /**
+   * One batch: a statement per kind of write, in the order a run makes them (a tool call's row
+   * needs its run's). A statement that fails is retried write by write, so that one bad row fails
+   * alone instead of taking its batch-mates with it.
+   */
+  async function writeBatch(entries: Array<QueuedWrite<RunWrite>>): Promise<void> {
+    const byKind = { started: [] as Array<Queued<"started">>, progressed: [] as Array<Queued<"progressed">>, toolCalled: [] as Array<Queued<"toolCalled">>, finished: [] as Array<Queued<"finished">> };
+    for (const entry of entries) (byKind[entry.write.kind] as Array<QueuedWrite<RunWrite>>).push(entry);
+    // A second end of the same run waits for the next batch: one statement updates a row once.
+    const endingNow = new Map<string, Queued<"finished">>();
+    const endingLater: Array<Queued<"finished">> = [];
+    for (const entry of byKind.finished) {
+      if (endingNow.has(entry.write.run.runId)) endingLater.push(entry);
+      else endingNow.set(entry.write.run.runId, entry);
+    }
+    if (endingLater.length > 0) batcher.requeue(endingLater as Array<QueuedWrite<RunWrite>>);
+
+    await writeEach(byKind.started, writeStarts);
+    await writeEach(byKind.progressed, writeProgress);
+    await writeEach(byKind.toolCalled, writeToolCalls);
+    await writeEach([...endingNow.values()], writeEnds);
+  }
+
+  async function writeEach<K extends RunWrite["kind"]>(entries: Array<Queued<K>>, writeAll: (writes: Array<Queued<K>>, signal: AbortSignal) => Promise<void>): Promise<void> {
+    if (entries.length === 0) return;
+    const attempt = async (writes: Array<Queued<K>>): Promise<void> => {
+      const running = writeAll(writes, AbortSignal.timeout(writeTimeoutMs));
+      inFlight.add(running);
+      try {
+        await running;
+      } catch (error: unknown) {
+        // Only the database's refusal of a row is worth a write-by-write retry: a lost connection
+        // or a deadline would fail each write again, one timeout after another.
+        if (writes.length > 1 && error instanceof DatabaseError) for (const write of writes) await attempt([write]);
+        else for (const write of writes) write.reject(error);
+      } finally {
+        inFlight.delete(running);
+      }
+    };
+    await attempt(entries);
+  }
+
+  async function writeStarts(entries: Array<Queued<"started">>, signal: AbortSignal): Promise<void> {
+    const runs = entries.map((entry) => entry.write.run);
+    // ON CONFLICT: a retried write of the same start changes nothing.
+    await queryWithSignal(
+      pool,
+      `INSERT INTO agent_executions
+         (id, agent_type, parent_run_id, user_id, instruction, workspace_id, model, status, owner, created_at, started_at, heartbeat_at)
+       SELECT id, agent_type, parent_run_id, user_id, instruction, workspace_id, model, 'running', $8, started_at, started_at, now()
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $9::timestamptz[])
+         AS started (id, agent_type, parent_run_id, user_id, instruction, workspace_id, model, started_at)
+       ON CONFLICT (id) DO NOTHING`,
+      [
+        runs.map((run) => run.runId),
+        runs.map((run) => run.agentType),
+        runs.map((run) => (run.parentRunId === "" ? null : run.parentRunId)),
+        runs.map((run) => storable(run.userId)),
+        runs.map((run) => storable(run.instruction)),
+        runs.map((run) => run.workspaceId),
+        runs.map((run) => run.model),
+        owner,
+        runs.map((run) => run.startedAt.toISOString()),
+      ],
+      signal,
+    );
+    for (const entry of entries) {
+      live.add(entry.write.run.runId);
+      entry.resolve();
+    }
+  }
+
+  async function writeProgress(entries: Array<Queued<"progressed">>, signal: AbortSignal): Promise<void> {
+    // The latest progress of each run: a run's writes arrive in order.
+    const latest = new Map(entries.map((entry) => [entry.write.runId, entry.write]));
+    const writes = [...latest.values()];
+    const tokens = writes.map((write) => usageColumns(write.usage));
+    await queryWithSignal(
+      pool,
+      `UPDATE agent_executions AS runs
+       SET iterations = progress.iterations,
+           prompt_tokens = coalesce(progress.prompt_tokens, runs.prompt_tokens),
+           completion_tokens = coalesce(progress.completion_tokens, runs.completion_tokens),
+           total_tokens = coalesce(progress.total_tokens, runs.total_tokens),
+           cached_prompt_tokens = coalesce(progress.cached_prompt_tokens, runs.cached_prompt_tokens),
+           heartbeat_at = now()
+       FROM unnest($1::text[], $2::integer[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[])
+         AS progress (id, iterations, prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens)
+       WHERE runs.id = progress.id AND runs.status = 'running'`,
+      [writes.map((write) => write.runId), writes.map((write) => count(write.iterations)), ...[0, 1, 2, 3].map((column) => tokens.map((row) => row[column] ?? null))],
+      signal,
+    );
+    for (const entry of entries) entry.resolve();
+  }
+
+  async function writeToolCalls(entries: Array<Queued<"toolCalled">>, signal: AbortSignal): Promise<void> {
+    const calls = entries.map((entry) => entry.write.call);
+    const args = calls.map((call) => capped(call.argumentsJson));
+    const results = calls.map((call) => capped(call.resultJson));
+    const inserted = await queryWithSignal<{ execution_id: string; id: string }>(
+      pool,
+      `INSERT INTO tool_calls
+         (execution_id, id, iteration, tool_name, arguments_json, result_json, arguments_bytes, result_bytes,
+          arguments_truncated, result_truncated, success, duration_ms, started_at, finished_at)
+       SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[], $7::integer[], $8::integer[],
+                            $9::boolean[], $10::boolean[], $11::boolean[], $12::integer[], $13::timestamptz[], $14::timestamptz[])
+       ON CONFLICT (execution_id, id) DO NOTHING
+       RETURNING execution_id, id`,
+      [
+        calls.map((call) => call.runId),
+        calls.map((call) => call.id),
+        calls.map((call) => count(call.iteration)),
+        calls.map((call) => call.toolName),
+        args.map((arg) => arg.text),
+        results.map((result) => result.text),
+        args.map((arg) => arg.bytes),
+        results.map((result) => result.bytes),
+        args.map((arg) => arg.truncated),
+        results.map((result) => result.truncated),
+        calls.map((call) => call.success),
+        calls.map((call) => count(call.durationMs)),
+        calls.map((call) => call.startedAt.toISOString()),
+        calls.map((call) => call.finishedAt.toISOString()),
+      ],
+      signal,
+    );
+    const fresh = new Set(inserted.rows.map((row) => JSON.stringify([row.execution_id, row.id])));
+    for (const call of calls) {
+      // A retried write, or a loop that reused an id within the run: the first record stays.
+      if (!fresh.delete(JSON.stringify([call.runId, call.id]))) {
+        logger.warn({ run_id: call.runId, tool_call_id: call.id, iteration: call.iteration }, "a tool call with this id was already recorded for the run; kept the first record");
+      }
+    }
+    for (const entry of entries) entry.resolve();
+  }
+
+  async function writeEnds(entries: Array<Queued<"finished">>, signal: AbortSignal): Promise<void> {
+    const ends = entries.map((entry) => entry.write);
+    const tokens = ends.map((end) => usageColumns(end.run.usage));
+    const updated = await queryWithSignal<{ id: string }>(
+      pool,
+      `UPDATE agent_executions AS runs
+       SET status = ended.status, stop_reason = ended.stop_reason, response = ended.response, error = ended.error,
+           iterations = ended.iterations,
+           prompt_tokens = coalesce(ended.prompt_tokens, runs.prompt_tokens),
+           completion_tokens = coalesce(ended.completion_tokens, runs.completion_tokens),
+           total_tokens = coalesce(ended.total_tokens, runs.total_tokens),
+           cached_prompt_tokens = coalesce(ended.cached_prompt_tokens, runs.cached_prompt_tokens),
+           finished_at = ended.finished_at,
+           duration_ms = greatest(0, round(extract(epoch FROM (ended.finished_at - coalesce(runs.started_at, runs.created_at))) * 1000))::bigint
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
+                   $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::timestamptz[])
+         AS ended (id, status, stop_reason, response, error, iterations,
+                   prompt_tokens, completion_tokens, total_tokens, cached_prompt_tokens, finished_at)
+       WHERE runs.id = ended.id
+         AND (runs.status IN ('queued', 'running') OR (runs.status = 'interrupted' AND ended.status <> 'interrupted'))
+       RETURNING runs.id`,
+      [
+        ends.map((end) => end.run.runId),
+        ends.map((end) => end.status),
+        ends.map((end) => storable(end.run.stopReason)),
+        ends.map((end) => storable(end.run.response)),
+        ends.map((end) => storable(end.run.error)),
+        ends.map((end) => count(end.run.iterations)),
+        ...[0, 1, 2, 3].map((column) => tokens.map((row) => row[column] ?? null)),
+        ends.map((end) => end.run.finishedAt.toISOString()),
+      ],
+      signal,
+    );
+    const recorded = new Set(updated.rows.map((row) => row.id));
+    const unchanged = ends.filter((end) => !recorded.has(end.run.runId));
+    if (unchanged.length > 0) {
+      const existing = await queryWithSignal<{ id: string; status: string }>(
+        pool,
+        "SELECT id, status FROM agent_executions WHERE id = ANY($1::text[])",
+        [unchanged.map((end) => end.run.runId)],
+        signal,
+      );
+      const current = new Map(existing.rows.map((row) => [row.id, row.status]));
+      for (const end of unchanged) {
+        const status = current.get(end.run.runId);
+        if (status === undefined) logger.warn({ run_id: end.run.runId, status: end.status }, "the end of a run that was never recorded as started; nothing recorded");
+        else logger.debug({ run_id: end.run.runId, status: end.status, recorded_status: status }, "run already finished; its record is kept");
+      }
+    }
+    for (const entry of entries) entry.resolve();
+  }
+
   async function interrupt(where: string, values: unknown[], signal: AbortSignal): Promise<Array<{ id: string; owner: string }>> {
     const { rows } = await queryWithSignal<{ id: string; owner: string }>(
       pool,
@@ -192,82 +401,15 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
     staleAfterMs,
 
     started(run, signal) {
-      return write(`the start of run ${run.runId}`, signal, async (bounded) => {
-        // ON CONFLICT: a retried write of the same start changes nothing.
-        await queryWithSignal(
-          pool,
-          `INSERT INTO agent_executions
-             (id, agent_type, parent_run_id, user_id, instruction, workspace_id, model, status, owner, created_at, started_at, heartbeat_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, 'running', $8, $9, $9, now())
-           ON CONFLICT (id) DO NOTHING`,
-          [
-            run.runId,
-            run.agentType,
-            run.parentRunId === "" ? null : run.parentRunId,
-            storable(run.userId),
-            storable(run.instruction),
-            run.workspaceId,
-            run.model,
-            owner,
-            run.startedAt.toISOString(),
-          ],
-          bounded,
-        );
-        live.add(run.runId);
-      });
+      return submit({ kind: "started", run }, `the start of run ${run.runId}`, signal);
     },
 
     progressed(runId, iterations, usage, signal) {
-      return write(`the progress of run ${runId}`, signal, async (bounded) => {
-        const tokens = usageColumns(usage);
-        await queryWithSignal(
-          pool,
-          `UPDATE agent_executions
-           SET iterations = $2,
-               prompt_tokens = coalesce($3, prompt_tokens), completion_tokens = coalesce($4, completion_tokens),
-               total_tokens = coalesce($5, total_tokens), cached_prompt_tokens = coalesce($6, cached_prompt_tokens),
-               heartbeat_at = now()
-           WHERE id = $1 AND status = 'running'`,
-          [runId, count(iterations), ...tokens],
-          bounded,
-        );
-      });
+      return submit({ kind: "progressed", runId, iterations, usage }, `the progress of run ${runId}`, signal);
     },
 
     toolCalled(call, signal) {
-      return write(`tool call ${call.id} of run ${call.runId}`, signal, async (bounded) => {
-        const args = capped(call.argumentsJson);
-        const result = capped(call.resultJson);
-        const inserted = await queryWithSignal(
-          pool,
-          `INSERT INTO tool_calls
-             (execution_id, id, iteration, tool_name, arguments_json, result_json, arguments_bytes, result_bytes,
-              arguments_truncated, result_truncated, success, duration_ms, started_at, finished_at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
-           ON CONFLICT (execution_id, id) DO NOTHING`,
-          [
-            call.runId,
-            call.id,
-            count(call.iteration),
-            call.toolName,
-            args.text,
-            result.text,
-            args.bytes,
-            result.bytes,
-            args.truncated,
-            result.truncated,
-            call.success,
-            count(call.durationMs),
-            call.startedAt.toISOString(),
-            call.finishedAt.toISOString(),
-          ],
-          bounded,
-        );
-        if (inserted.rowCount === 0) {
-          // A retried write, or a loop that reused an id within the run: the first record stays.
-          logger.warn({ run_id: call.runId, tool_call_id: call.id, iteration: call.iteration }, "a tool call with this id was already recorded for the run; kept the first record");
-        }
-      });
+      return submit({ kind: "toolCalled", call }, `tool call ${call.id} of run ${call.runId}`, signal);
     },
 
     finished(run, signal) {
@@ -275,42 +417,9 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
       if (status === undefined || !isFinalStatus(run.status)) {
         return Promise.reject(new Error(`finished: run ${run.runId}: ${AgentStatus[run.status] ?? run.status} is not a status a run ends in`));
       }
-      return write(`the end of run ${run.runId}`, signal, async (bounded) => {
-        try {
-          const updated = await queryWithSignal(
-            pool,
-            `UPDATE agent_executions
-             SET status = $2, stop_reason = $3, response = $4, error = $5, iterations = $6,
-                 prompt_tokens = coalesce($7, prompt_tokens), completion_tokens = coalesce($8, completion_tokens),
-                 total_tokens = coalesce($9, total_tokens), cached_prompt_tokens = coalesce($10, cached_prompt_tokens),
-                 finished_at = $11,
-                 duration_ms = greatest(0, round(extract(epoch FROM ($11::timestamptz - coalesce(started_at, created_at))) * 1000))::bigint
-             WHERE id = $1
-               AND (status IN ('queued', 'running') OR (status = 'interrupted' AND $2 <> 'interrupted'))`,
-            [
-              run.runId,
-              status,
-              storable(run.stopReason),
-              storable(run.response),
-              storable(run.error),
-              count(run.iterations),
-              ...usageColumns(run.usage),
-              run.finishedAt.toISOString(),
-            ],
-            bounded,
-          );
-          if (updated.rowCount === 0) {
-            const existing = await queryWithSignal<{ status: string }>(pool, "SELECT status FROM agent_executions WHERE id = $1", [run.runId], bounded);
-            const current = existing.rows[0]?.status;
-            if (current === undefined) logger.warn({ run_id: run.runId, status }, "the end of a run that was never recorded as started; nothing recorded");
-            else logger.debug({ run_id: run.runId, status, recorded_status: current }, "run already finished; its record is kept");
-          }
-        } finally {
-          // Even when the write failed: this process is done with the run, so it must stop
-          // beating for it and let the sweep interrupt it if the record still says running.
-          live.delete(run.runId);
-        }
-      });
+      // Even when the write fails: this process is done with the run, so it must stop beating for
+      // it and let the sweep interrupt it if the record still says running.
+      return submit({ kind: "finished", run, status }, `the end of run ${run.runId}`, signal).finally(() => live.delete(run.runId));
     },
 
     async get(runId, signal) {
@@ -433,6 +542,7 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
     close() {
       closing ??= (async () => {
         closed = true;
+        await batcher.drained();
         await Promise.allSettled([...inFlight]);
         if (live.size === 0) return;
         // A graceful stop with runs still going: they will not end here, so say so now rather than
