@@ -404,6 +404,43 @@ describe("agent loop", () => {
     expect(outcome.response).toContain("missing.txt");
   });
 
+  it("gives the calls of a tool-runner that is down its error, keeps the other tools' results, and goes on", async () => {
+    // The tool list comes from the real tool-runner; ExecuteBatch goes to a port nobody listens on
+    // (the runner went down in between) and fails with UNAVAILABLE. The plugin tool beside it runs.
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
+    const deadPort = (closed.address() as { port: number }).port;
+    await new Promise<void>((resolve) => closed.close(() => resolve()));
+    const deadChannel = createInternalChannel(`127.0.0.1:${deadPort}`);
+    channels.push(deadChannel);
+    const ownRecorder = createInMemoryRunRecorder();
+    const cutOff = createAgentRunner({
+      ...runnerDeps,
+      tools: { ...runnerDeps.tools, executeBatch: createInternalClient(ToolServiceDefinition, deadChannel, { internalSecret, defaultDeadlineMs: 5_000 }).executeBatch },
+      recorder: ownRecorder,
+    });
+    const previous = runner;
+    runner = cutOff;
+    try {
+      const { outcome, events } = await run(request("explore", 'call read_file {"path":"notes.txt"} and call shout {"text":"still here"} then answer'));
+      const results = toolResults(events);
+      expect(results.map((result) => [result.toolName, result.success])).toEqual([
+        ["read_file", false],
+        ["shout", true],
+      ]);
+      expect(results[0]?.error).toMatch(/tool-runner could not run this call \(UNAVAILABLE/);
+      expect(results[1]?.output).toBe("STILL HERE");
+      expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", iterations: 2 });
+      const recorded = ownRecorder.runs.get(outcome.runId);
+      expect(recorded?.toolCalls.map((call) => [call.toolName, call.success])).toEqual([
+        ["read_file", false],
+        ["shout", true],
+      ]);
+    } finally {
+      runner = previous;
+    }
+  });
+
   it("stops a run whose every tool call fails three iterations in a row, after a note", async () => {
     const steps = ["a", "b", "c", "d", "e"].map((name) => `call read_file {"path":"${name}-missing.txt"}`);
     const { outcome } = await run(request("explore", steps.join(" then ")));

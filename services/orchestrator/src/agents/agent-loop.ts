@@ -18,11 +18,11 @@ import {
 } from "@vlinders/proto";
 import { linkSignals, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
 import type { Client } from "nice-grpc";
-import { ServerError, Status } from "nice-grpc-common";
+import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
 import type { HookPayload } from "../hooks/hook-types";
 import type { PluginToolRegistry } from "../plugins/plugin-tools";
-import type { RunFinishedRecord, RunRecorder } from "../runs/run-records";
+import type { RunFinishedRecord, RunRecorder, ToolCallRecord } from "../runs/run-records";
 import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
 import type { RelayInferenceServiceDefinition } from "./chat-agent";
 import { untilAborted } from "./abortable";
@@ -729,7 +729,18 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
           // One call for the whole batch: under the tool's span when it holds one tool, else under the loop's.
           { signal: runnerIndexes.length === 1 ? signalOf(runnerIndexes[0]!) : signal },
         )
-        .then((response) => response.results);
+        .then(
+          (response) => response.results,
+          (error: unknown) => {
+            // The run's own cancel or deadline ends the run. The tool-runner failing (down, its
+            // deadline) fails these calls only: the model gets the error as their results, as with
+            // any failed tool, and what the other tools of the iteration returned is kept.
+            if (signal.aborted) throw error;
+            const reason = error instanceof ServerError || error instanceof ClientError ? `${Status[error.code]}: ${error.details}` : error instanceof Error ? error.message : String(error);
+            deps.logger.warn({ run_id: options.runId, err: error }, "the tool-runner failed a batch of tool calls; the model gets the error as their results");
+            return runnerIndexes.map((index) => failed(step.calls[index]!, `the tool-runner could not run this call (${reason})`));
+          },
+        );
       runnerIndexes.forEach((index, position) => {
         results[index] = batch.then((batchResults) => batchResults[position] ?? failed(step.calls[index]!, "the tool-runner returned no result for this call"));
       });
@@ -737,7 +748,18 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     // Settled, not raced: when one call fails (a cancel), the others are waited for, not left running unobserved.
     const settledAll = await Promise.allSettled(results);
     const rejected = settledAll.find((entry): entry is PromiseRejectedResult => entry.status === "rejected");
-    if (rejected) throw rejected.reason;
+    if (rejected) {
+      // The run ends here (cancelled, or past its deadline), but the calls that did finish ran
+      // (an edit was made, a sub-agent answered): their records are kept.
+      await Promise.all(
+        settledAll.map(async (entry, index) => {
+          const call = step.calls[index]!;
+          if (entry.status !== "fulfilled" || entry.value === undefined || toRun[index]?.kind !== "run") return;
+          await recorder.toolCalled(toolCallRecord(step, index, call, entry.value, startedAt), recordSignal()).catch(() => undefined);
+        }),
+      );
+      throw rejected.reason;
+    }
     const settled = settledAll.map((entry) => (entry as PromiseFulfilledResult<ToolResult | undefined>).value);
 
     // 4. post_tool_use hooks, events and records, in the model's order.
@@ -754,21 +776,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
           ? await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: call }), raw, signalOf(index))
           : raw;
       await send({ $case: "toolResult", value: result });
-      await recorder.toolCalled(
-        {
-          id: recordId(step.recordedCallIds, iteration, index, call.id),
-          runId: options.runId,
-          iteration,
-          toolName: call.name,
-          argumentsJson: call.argumentsJson,
-          resultJson: JSON.stringify(ToolResult.toJSON(result)),
-          success: result.success,
-          durationMs: result.durationMs,
-          startedAt,
-          finishedAt: new Date(),
-        },
-        recordSignal(),
-      );
+      await recorder.toolCalled(toolCallRecord(step, index, call, result, startedAt), recordSignal());
       outcomes.push({ call, result, refusedByBudget: entry.kind === "done" && entry.refusedByBudget });
       // A failed tool is the model's to handle, not an error of the run: an attribute, not the span's status.
       spans[index]?.span.setAttributes({ success: result.success, "tool.duration_ms": result.durationMs, ...(result.success ? {} : { "tool.error": result.error.slice(0, 200) }) });
@@ -923,6 +931,22 @@ function recordId(used: Set<string>, iteration: number, index: number, id: strin
   if (used.has(recorded)) recorded = `${iteration}:${index}:${id}`;
   used.add(recorded);
   return recorded;
+}
+
+/** What the run store keeps of one tool call of an iteration. */
+function toolCallRecord(step: { options: { runId: string }; iteration: number; recordedCallIds: Set<string> }, index: number, call: ToolCall, result: ToolResult, startedAt: Date): ToolCallRecord {
+  return {
+    id: recordId(step.recordedCallIds, step.iteration, index, call.id),
+    runId: step.options.runId,
+    iteration: step.iteration,
+    toolName: call.name,
+    argumentsJson: call.argumentsJson,
+    resultJson: JSON.stringify(ToolResult.toJSON(result)),
+    success: result.success,
+    durationMs: result.durationMs,
+    startedAt,
+    finishedAt: new Date(),
+  };
 }
 
 function message(role: string, content: string): ChatMessage {
