@@ -109,5 +109,47 @@ describe("the orchestrator killed mid-run", () => {
     expect(run).toMatchObject({ runId, agentType: "explore", status: AgentStatus.AGENT_STATUS_INTERRUPTED });
     expect(run.stopReason).toMatch(/^interrupted/);
     secondChannel.close();
+    await second.stop();
+  }, 180_000);
+
+  it("records a run cut off by a graceful stop (SIGTERM past the grace period) as interrupted, not cancelled", async () => {
+    const first = await start("orchestrator", "services/orchestrator/dist/main.js", { ...orchestratorEnv, SHUTDOWN_GRACE_MS: "300" });
+    const channel = createChannel(`127.0.0.1:${String(first.listening.grpc_port)}`);
+    const agents = createClient(AgentServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const events: AgentEvent[] = [];
+    let stopping: Promise<void> | undefined;
+    try {
+      for await (const event of agents.streamAgent({
+        agentType: "explore",
+        instruction: 'call run_command {"command":"sleep 60"} then answer',
+        workspaceId: "project",
+        model: "",
+        history: [],
+        tools: [],
+        sampling: undefined,
+        userId: "e2e",
+        sessionId: "",
+        overrides: undefined,
+      })) {
+        events.push(event);
+        if (event.event?.$case === "toolCallRequested" && stopping === undefined) stopping = first.stop();
+      }
+    } catch {
+      // The stream ends with UNAVAILABLE ("shutting down") once the grace period is over.
+    }
+    channel.close();
+    expect(stopping).toBeDefined();
+    await stopping;
+    const runId = events[0]?.runId ?? "";
+    expect(runId).not.toBe("");
+
+    const second = await start("orchestrator", "services/orchestrator/dist/main.js", orchestratorEnv);
+    const secondChannel = createChannel(`127.0.0.1:${String(second.listening.grpc_port)}`);
+    const secondAgents = createClient(AgentServiceDefinition, secondChannel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const run = await secondAgents.getAgent({ runId });
+    expect(run).toMatchObject({ runId, status: AgentStatus.AGENT_STATUS_INTERRUPTED });
+    expect(run.stopReason).toMatch(/^interrupted/);
+    secondChannel.close();
+    await second.stop();
   }, 180_000);
 });

@@ -4,6 +4,7 @@ export * from "./metrics";
 export * from "./tracing";
 export * from "./client";
 export * from "./service-host";
+export { ServiceShutdownError } from "./shutdown-error";
 export * from "./run-service";
 export { internalAuthHeader } from "./middleware/internal-auth";
 export * from "./bootstrap";

@@ -8,6 +8,7 @@ import type { Logger } from "./logger";
 import { createGrpcServerMetrics, startMetricsServer } from "./metrics";
 import { createCallPipeline } from "./middleware/call-pipeline";
 import { createCallSignalInterceptor } from "./middleware/call-signal";
+import { ServiceShutdownError } from "./shutdown-error";
 import { createGrpcServer, type GrpcServer } from "./transport/grpc-server";
 
 export interface ServiceHostOptions {
@@ -121,7 +122,7 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
         logger.info({ grace_ms: options.shutdownGraceMs }, "draining in-flight calls");
         const graceTimer = setTimeout(() => {
           logger.warn("grace period over; aborting in-flight calls");
-          shutdownController.abort();
+          shutdownController.abort(new ServiceShutdownError());
         }, options.shutdownGraceMs);
         // Aborted handlers end quickly, but a handler that ignores its signal must not hold the
         // process forever: after a further moment the transport is torn down.
@@ -131,7 +132,7 @@ export function createServiceHost(options: ServiceHostOptions): ServiceHost {
         } finally {
           clearTimeout(graceTimer);
           clearTimeout(forceTimer);
-          shutdownController.abort();
+          shutdownController.abort(new ServiceShutdownError());
           server = undefined;
         }
         for (const cleanup of cleanups) {

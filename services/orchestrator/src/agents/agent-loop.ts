@@ -16,12 +16,13 @@ import {
   type ToolServiceClient,
   type Usage,
 } from "@vlinders/proto";
-import { linkSignals, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
+import { linkSignals, ServiceShutdownError, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
 import type { Client } from "nice-grpc";
 import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
 import type { HookPayload } from "../hooks/hook-types";
 import type { PluginToolRegistry } from "../plugins/plugin-tools";
+import { interruptedStopReason } from "../runs/postgres-run-store";
 import type { RunFinishedRecord, RunRecorder, ToolCallRecord } from "../runs/run-records";
 import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
 import type { RelayInferenceServiceDefinition } from "./chat-agent";
@@ -518,7 +519,14 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       if (budget.deadline.aborted) {
         return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", error: `the run reached its timeout of ${budget.limits.timeoutMs} ms` });
       }
-      if (signal.aborted) return await finish({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled", error: "" });
+      if (signal.aborted) {
+        // Cut off by this orchestrator's shutdown, not cancelled by anyone: what a restart's recovery
+        // would record for it, had the process died instead.
+        if (signal.reason instanceof ServiceShutdownError) {
+          return await finish({ status: AgentStatus.AGENT_STATUS_INTERRUPTED, stopReason: interruptedStopReason, error: "" });
+        }
+        return await finish({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled", error: "" });
+      }
       const reason = error instanceof Error ? ((error as { details?: string }).details ?? error.message) : String(error);
       logger.warn({ err: error, runId, agentType: agentType.name }, "agent run failed");
       try {
@@ -912,6 +920,7 @@ const statusNames: Partial<Record<AgentStatus, string>> = {
   [AgentStatus.AGENT_STATUS_SUCCEEDED]: "succeeded",
   [AgentStatus.AGENT_STATUS_FAILED]: "failed",
   [AgentStatus.AGENT_STATUS_CANCELLED]: "cancelled",
+  [AgentStatus.AGENT_STATUS_INTERRUPTED]: "interrupted",
 };
 
 /** A caller's override of a limit: unset (0) keeps the configured value, a larger one is capped to it. */
