@@ -32,6 +32,26 @@ describe("hooks", () => {
       res.end("boom");
     },
     "/nonsense": (_, res) => res.end(JSON.stringify({ decision: "maybe" })),
+    // Where a redirect would lead: it allows everything, so reaching it would be the bug.
+    "/redirect": (_, res) => {
+      res.statusCode = 307;
+      res.setHeader("location", "/allow");
+      res.end();
+    },
+    // A chunked answer with no length that never stops growing.
+    "/flood": (_, res) => {
+      const chunk = Buffer.alloc(64 * 1024, "a");
+      const pump = (): void => {
+        while (!res.destroyed && res.write(chunk));
+        if (!res.destroyed) res.once("drain", pump);
+      };
+      res.on("close", () => res.removeAllListeners("drain"));
+      pump();
+    },
+    "/huge": (_, res) => {
+      res.setHeader("content-length", String(50 * 1024 * 1024));
+      res.write("{");
+    },
     "/slow": (_, res) => {
       const timer = setTimeout(() => res.end(JSON.stringify({ decision: "allow" })), 5_000);
       res.on("close", () => clearTimeout(timer));
@@ -99,6 +119,9 @@ describe("hooks", () => {
     ["times out", "/slow", "timed out"],
     ["answers HTTP 500", "/error", "answered HTTP 500"],
     ["answers a decision it does not know", "/nonsense", 'answered decision "maybe"'],
+    ["answers with a redirect (not followed)", "/redirect", "answered HTTP 307 (a redirect to /allow)"],
+    ["answers a body that never ends", "/flood", "more than the 1048576 bytes"],
+    ["declares a body too large to read", "/huge", "52428800 bytes, more than the 1048576"],
   ])("fails closed when a pre_tool_use webhook %s", async (_, path, reason) => {
     const startedAt = Date.now();
     const outcome = await hooks.preToolUse([webhook(path, 200)], payload, AbortSignal.timeout(5_000));

@@ -47,6 +47,33 @@ export interface HookRunnerDependencies {
   defaultTimeoutMs?: number;
 }
 
+/** The most bytes of a webhook's answer that are read: a decision is small, a hook gone wrong may not be. */
+export const maxWebhookAnswerBytes = 1024 * 1024;
+
+/** The body as text, or an error as soon as it passes `limit` bytes (the rest is not read). */
+async function readCapped(response: Response, limit: number): Promise<string> {
+  const declared = Number(response.headers.get("content-length") ?? Number.NaN);
+  if (declared > limit) {
+    await response.body?.cancel();
+    throw new Error(`answered ${declared} bytes, more than the ${limit} a hook may`);
+  }
+  if (!response.body) return "";
+  const chunks: Uint8Array[] = [];
+  let length = 0;
+  const reader = response.body.getReader();
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    length += value.byteLength;
+    if (length > limit) {
+      await reader.cancel();
+      throw new Error(`answered more than the ${limit} bytes a hook may`);
+    }
+    chunks.push(value);
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
 /** Builds the HookRunner over the in-process registry and HTTP webhooks (fetch, POST JSON). */
 export function createHookRunner(deps: HookRunnerDependencies): HookRunner {
   const defaultTimeoutMs = deps.defaultTimeoutMs ?? 2_000;
@@ -64,9 +91,16 @@ export function createHookRunner(deps: HookRunnerDependencies): HookRunner {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify(toWebhookBody(payload)),
+        // A policy hook answers itself: a redirect would send the run's tool call to whoever the
+        // Location names, so it is refused (and a pre-hook denies).
+        redirect: "manual",
         signal,
       });
-      const text = await response.text();
+      if (response.status >= 300 && response.status < 400) {
+        await response.body?.cancel();
+        throw new Error(`answered HTTP ${response.status} (a redirect to ${response.headers.get("location") ?? "nowhere"}); webhooks are not redirected`);
+      }
+      const text = await readCapped(response, maxWebhookAnswerBytes);
       if (!response.ok) throw new Error(`answered HTTP ${response.status}: ${text.slice(0, 200)}`);
       return checkDecision(fromWebhookBody(text === "" ? {} : (JSON.parse(text) as unknown)));
     } finally {
