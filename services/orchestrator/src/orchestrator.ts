@@ -68,6 +68,7 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
     hooks: createHookRunner({ registry: createHookRegistry(), logger }),
     pluginTools: createPluginToolRegistry(),
     recorder: createWriteBehindRecorder(store, logger),
+    activeRuns,
     logger,
     ...(context ? { context } : {}),
     limits: { contextDeadlineMs: config.CONTEXT_CALL_DEADLINE_MS },

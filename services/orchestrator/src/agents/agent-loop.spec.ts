@@ -17,6 +17,7 @@ import { createAgentRunner, type AgentRunner, type AgentRunnerDependencies, type
 import { loadAgentTypeCatalog } from "./agent-types";
 import { RelayInferenceServiceDefinition } from "./chat-agent";
 import { streamRun } from "./event-stream";
+import { createActiveRuns } from "../runs/active-runs";
 import { createInMemoryRunRecorder, type InMemoryRunRecorder } from "./in-memory-run-recorder";
 
 const execFileAsync = promisify(execFile);
@@ -493,6 +494,38 @@ describe("agent loop", () => {
     expect(children.every((child) => child.started.workspaceId === "project")).toBe(true);
     expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed", iterations: 2 });
   });
+
+  it("cancels one sub-agent by its own run id: it ends cancelled, its sibling and the parent go on", async () => {
+    const activeRuns = createActiveRuns();
+    const previous = runner;
+    runner = createAgentRunner({ ...runnerDeps, activeRuns });
+    const tasks = [
+      { agent_type: "explore", instruction: 'call run_command {"command":"sleep 30"} then answer' },
+      { agent_type: "explore", instruction: "Say hello." },
+    ];
+    let cancelled = false;
+    try {
+      const startedAt = Date.now();
+      const { outcome, events } = await run(request("delegator", `call spawn_subagents ${JSON.stringify({ tasks })}`), {
+        onEvent(event) {
+          // The slow child's command is running in its sandbox: cancel that child alone.
+          if (event.event?.$case !== "toolCallRequested" || event.event.value.call?.name !== "run_command" || cancelled) return;
+          cancelled = activeRuns.cancel(event.runId, "not needed any more");
+        },
+      });
+      expect(cancelled).toBe(true);
+      expect(Date.now() - startedAt).toBeLessThan(20_000);
+      const entries = JSON.parse(toolResults(events)[0]!.output) as Array<Record<string, string>>;
+      expect(entries[0]).toMatchObject({ agent_type: "explore", status: "cancelled" });
+      expect(entries[1]).toEqual({ agent_type: "explore", status: "succeeded", response: "Say hello." });
+      expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: "completed" });
+      expect(recorder.children(outcome.runId).map((child) => child.finished?.status).sort()).toEqual([AgentStatus.AGENT_STATUS_SUCCEEDED, AgentStatus.AGENT_STATUS_CANCELLED]);
+      // Every child gave its registration back.
+      expect(activeRuns.size()).toBe(0);
+    } finally {
+      runner = previous;
+    }
+  }, 60_000);
 
   it("lets plan spawn two explore sub-agents in parallel that read a file, and answers from their results", async () => {
     const read = 'call read_file {"path":"notes.txt"}';

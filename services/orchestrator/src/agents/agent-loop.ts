@@ -23,6 +23,7 @@ import type { HookRunner } from "../hooks/hook-runner";
 import type { HookPayload } from "../hooks/hook-types";
 import type { PluginToolRegistry } from "../plugins/plugin-tools";
 import { interruptedStopReason } from "../runs/postgres-run-store";
+import type { ActiveRuns } from "../runs/active-runs";
 import type { RunFinishedRecord, RunRecorder, ToolCallRecord } from "../runs/run-records";
 import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
 import type { RelayInferenceServiceDefinition } from "./chat-agent";
@@ -73,6 +74,12 @@ export interface AgentRunnerDependencies {
   readonly pluginTools?: PluginToolRegistry;
   readonly recorder: RunRecorder;
   readonly logger: Logger;
+  /**
+   * Where sub-agents are registered while they run, so that CancelAgent reaches a child by its own
+   * run id (a parent's own run is registered by whoever started it). Unset: children can be
+   * cancelled only with their parent.
+   */
+  readonly activeRuns?: Pick<ActiveRuns, "register">;
   /**
    * The context service (CONTEXT_ADDRESS): each run's conversation is kept and compacted there.
    * Unset: each run keeps its whole conversation itself.
@@ -838,6 +845,10 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       checked.map(async (task) => {
         const childRunId = randomUUID();
         await step.send({ $case: "subagentStarted", value: { childRunId, agentType: task.agentType, instruction: task.instruction } });
+        // Cancelling the child stops it alone: the parent gets its result as cancelled and goes on.
+        const cancel = new AbortController();
+        const unregister = deps.activeRuns?.register(childRunId, cancel);
+        const childSignal = linkSignals(step.signal, cancel.signal);
         let outcome: RunOutcome | undefined;
         let error = "";
         try {
@@ -860,7 +871,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
               runId: childRunId,
               parentRunId: options.runId,
               depth: options.depth + 1,
-              signal: step.signal,
+              signal: childSignal.signal,
               send: (event, isModelEvent, signal) => (isModelEvent ? Promise.resolve() : options.send(event, false, signal)),
               budget: step.budget,
               streamModelEvents: false,
@@ -869,6 +880,10 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
           error = outcome.error || (outcome.status === AgentStatus.AGENT_STATUS_SUCCEEDED ? "" : `stopped: ${outcome.stopReason}`);
         } catch (caught: unknown) {
           error = caught instanceof Error ? ((caught as { details?: string }).details ?? caught.message) : String(caught);
+        } finally {
+          // After the child's end is recorded: a CancelAgent waiting for it reads the final status.
+          childSignal.dispose();
+          unregister?.();
         }
         const status = outcome?.status ?? AgentStatus.AGENT_STATUS_FAILED;
         await step.send({ $case: "subagentFinished", value: { childRunId, status, response: outcome?.response ?? "", error } });
