@@ -23,16 +23,19 @@ const instruction = 'call read_file {"path":"notes.txt"} then call run_command {
 interface Options {
   /** Sequential runs measured for N = 100; fewer than 100 extrapolates (and says so). */
   sequentialSamplesFor100: number;
+  /** Timed bursts of 100 concurrent runs; the median is reported. */
+  concurrentBursts: number;
 }
 
 function parseOptions(argv: readonly string[]): Options {
   if (argv.includes("--help")) {
     process.stdout.write(
-      "usage: npm run bench:agents -- [--quick]\n  --quick  time 20 sequential runs for N = 100 and scale them up (about 1 minute instead of about 5)\n",
+      "usage: npm run bench:agents -- [--quick]\n  --quick  time 20 sequential runs for N = 100 and scale them up, and 3 concurrent bursts instead of 5 (about 1 minute instead of about 5)\n",
     );
     process.exit(0);
   }
-  return { sequentialSamplesFor100: argv.includes("--quick") ? 20 : 100 };
+  const quick = argv.includes("--quick");
+  return { sequentialSamplesFor100: quick ? 20 : 100, concurrentBursts: quick ? 3 : 5 };
 }
 
 const note = (message: string) => process.stderr.write(`${message}\n`);
@@ -146,12 +149,19 @@ async function main(): Promise<void> {
     note(`N = 100: ${options.sequentialSamplesFor100} sequential runs…`);
     const sequentialSample = await sequential(agents, options.sequentialSamplesFor100);
     const sequential100Ms = (sequentialSample.wallMs * 100) / options.sequentialSamplesFor100;
-    note("N = 100: concurrent runs…");
+    // The first burst of 100 pays once for what a server that has been up a while already has:
+    // connections to the worker opened, the concurrent paths compiled, the database's memory grown.
+    note("N = 100: one burst of concurrent runs to warm up (not timed)…");
+    await concurrent(agents, 100);
+    note(`N = 100: ${options.concurrentBursts} timed bursts of concurrent runs…`);
     // Where the CPU goes while 100 runs share two cores: the ceiling of the speedup.
     const processes = [simulator, ...mesh.processes].map((process_) => ({ name: process_.name, pid: process_.child.pid ?? -1 }));
     const cpuBefore = cpuSnapshot(processes);
-    const concurrent100 = await concurrent(agents, 100);
+    const bursts: Batch[] = [];
+    for (let burst = 0; burst < options.concurrentBursts; burst += 1) bursts.push(await concurrent(agents, 100));
     const cpuDuring100 = cpuPercent(cpuBefore, cpuSnapshot(processes));
+    // The median burst: one timing on a shared machine says little.
+    const concurrent100 = [...bursts].sort((a, b) => a.wallMs - b.wallMs)[Math.floor(bursts.length / 2)] as Batch;
 
     const speedup3 = sequential3.wallMs / concurrent3.wallMs;
     const speedup100 = sequential100Ms / concurrent100.wallMs;
@@ -160,7 +170,7 @@ async function main(): Promise<void> {
       ["N=3 sequential", sequential3, sequential3.wallMs],
       ["N=3 concurrent", concurrent3, concurrent3.wallMs],
       [`N=100 sequential${estimated ? ` (${options.sequentialSamplesFor100} timed, scaled)` : ""}`, sequentialSample, sequential100Ms],
-      ["N=100 concurrent", concurrent100, concurrent100.wallMs],
+      [`N=100 concurrent (median of ${bursts.length} bursts)`, concurrent100, concurrent100.wallMs],
     ];
     const lines = [
       "",
@@ -171,6 +181,7 @@ async function main(): Promise<void> {
         `${label.padEnd(40)} ${fixed(wall).padStart(9)} ${fixed(batch.latencies.p50).padStart(11)} ${fixed(batch.latencies.p99).padStart(11)} ${String(batch.failures.length).padStart(9)}`,
       ),
       "",
+      `N=100 concurrent bursts, wall ms: ${bursts.map((burst) => fixed(burst.wallMs)).join(", ")} (after one untimed warm-up burst)`,
       `speedup N=3: ${speedup3.toFixed(2)}x, N=100: ${speedup100.toFixed(1)}x (goal >= ${goal.speedup100})`,
     ];
     lines.push(
@@ -178,10 +189,10 @@ async function main(): Promise<void> {
         .map(([name, percent]) => `${name} ${percent.toFixed(0)}`)
         .join(", ")}`,
     );
-    const failures = [...sequential3.failures, ...concurrent3.failures, ...sequentialSample.failures, ...concurrent100.failures];
+    const failures = [...sequential3.failures, ...concurrent3.failures, ...sequentialSample.failures, ...bursts.flatMap((burst) => burst.failures)];
     if (failures.length > 0) lines.push(`failures (first 5): ${failures.slice(0, 5).join(" | ")}`);
     process.stdout.write(`${lines.join("\n")}\n`);
-    const allIterations = [...concurrent100.iterations, ...sequentialSample.iterations];
+    const allIterations = [...bursts.flatMap((burst) => burst.iterations), ...sequentialSample.iterations];
     process.stdout.write(
       `${JSON.stringify({
         bench: "agents",
@@ -192,6 +203,7 @@ async function main(): Promise<void> {
         concurrent_3_ms: Math.round(concurrent3.wallMs),
         sequential_100_ms: Math.round(sequential100Ms),
         concurrent_100_ms: Math.round(concurrent100.wallMs),
+        concurrent_100_bursts_ms: bursts.map((burst) => Math.round(burst.wallMs)),
         run_p50_ms_alone: round(sequentialSample.latencies.p50),
         run_p50_ms_concurrent_100: round(concurrent100.latencies.p50),
         mean_iterations: round(allIterations.reduce((sum, value) => sum + value, 0) / Math.max(1, allIterations.length)),
