@@ -2,11 +2,10 @@ import { queryWithSignal } from "@vlinders/database";
 import { AgentStatus, type AgentRun, type AgentTypeStats, type Usage } from "@vlinders/proto";
 import { linkSignals, type Logger } from "@vlinders/service-runtime";
 import { DatabaseError, type Pool } from "pg";
-import type { RunFinishedRecord, RunStartedRecord, RunStore, ToolCallRecord } from "./run-records";
+import { interruptedStopReason, type RunFinishedRecord, type RunStartedRecord, type RunStore, type ToolCallRecord } from "./run-records";
 import { createWriteBatcher, type QueuedWrite } from "./write-batcher";
 
-/** The stop reason of a run whose process stopped before the run ended. */
-export const interruptedStopReason = "interrupted: the orchestrator stopped before the run ended";
+export { interruptedStopReason } from "./run-records";
 
 /** The most bytes (UTF-8) of a tool call's arguments, and of its result, that are stored. */
 export const maxStoredToolJsonBytes = 64 * 1024;
@@ -80,6 +79,11 @@ export function isFinalStatus(status: AgentStatus): boolean {
 
 /** The most run writes of one kind in one statement. */
 const maxWritesPerBatch = 500;
+
+/** SQLSTATE classes 22 (data exception) and 23 (integrity constraint violation): a row's fault. */
+const rowLevelSqlState = /^2[23]/;
+/** Deadlock detected, serialization failure: the same statement may well pass a moment later. */
+const transientSqlStates = new Set(["40P01", "40001"]);
 
 /** A write of the loop's, as it waits for its batch. */
 type RunWrite =
@@ -196,8 +200,9 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
 
   /**
    * One batch: a statement per kind of write, in the order a run makes them (a tool call's row
-   * needs its run's). A statement that fails is retried write by write, so that one bad row fails
-   * alone instead of taking its batch-mates with it.
+   * needs its run's), all within one deadline. A statement the database refuses for a row's sake
+   * is retried write by write, so that the bad row fails alone instead of taking its batch-mates
+   * with it; one that lost a deadlock is retried once as it was.
    */
   async function writeBatch(entries: Array<QueuedWrite<RunWrite>>): Promise<void> {
     const byKind = { started: [] as Array<Queued<"started">>, progressed: [] as Array<Queued<"progressed">>, toolCalled: [] as Array<Queued<"toolCalled">>, finished: [] as Array<Queued<"finished">> };
@@ -211,29 +216,37 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
     }
     if (endingLater.length > 0) batcher.requeue(endingLater as Array<QueuedWrite<RunWrite>>);
 
-    await writeEach(byKind.started, writeStarts);
-    await writeEach(byKind.progressed, writeProgress);
-    await writeEach(byKind.toolCalled, writeToolCalls);
-    await writeEach([...endingNow.values()], writeEnds);
+    const deadline = AbortSignal.timeout(writeTimeoutMs);
+    await writeKind(byKind.started, writeStarts, deadline);
+    await writeKind(byKind.progressed, writeProgress, deadline);
+    await writeKind(byKind.toolCalled, writeToolCalls, deadline);
+    await writeKind([...endingNow.values()], writeEnds, deadline);
   }
 
-  async function writeEach<K extends RunWrite["kind"]>(entries: Array<Queued<K>>, writeAll: (writes: Array<Queued<K>>, signal: AbortSignal) => Promise<void>): Promise<void> {
+  /** The writes of one kind in one statement, settling each of them. */
+  async function writeKind<K extends RunWrite["kind"]>(
+    entries: Array<Queued<K>>,
+    writeAll: (writes: Array<Queued<K>>, signal: AbortSignal) => Promise<void>,
+    deadline: AbortSignal,
+  ): Promise<void> {
     if (entries.length === 0) return;
-    const attempt = async (writes: Array<Queued<K>>): Promise<void> => {
-      const running = writeAll(writes, AbortSignal.timeout(writeTimeoutMs));
+    const attempt = async (writes: Array<Queued<K>>, retriesLeft: number): Promise<void> => {
+      const running = writeAll(writes, deadline);
       inFlight.add(running);
       try {
         await running;
       } catch (error: unknown) {
-        // Only the database's refusal of a row is worth a write-by-write retry: a lost connection
-        // or a deadline would fail each write again, one timeout after another.
-        if (writes.length > 1 && error instanceof DatabaseError) for (const write of writes) await attempt([write]);
+        const sqlState = error instanceof DatabaseError ? (error.code ?? "") : "";
+        if (retriesLeft > 0 && transientSqlStates.has(sqlState)) await attempt(writes, retriesLeft - 1);
+        // Only a refusal of a row's values is worth a write-by-write retry: a lost connection, a
+        // deadline or an overloaded server would fail each write again, one after another.
+        else if (writes.length > 1 && rowLevelSqlState.test(sqlState)) for (const write of writes) await attempt([write], 0);
         else for (const write of writes) write.reject(error);
       } finally {
         inFlight.delete(running);
       }
     };
-    await attempt(entries);
+    await attempt(entries, 1);
   }
 
   async function writeStarts(entries: Array<Queued<"started">>, signal: AbortSignal): Promise<void> {
@@ -465,7 +478,7 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
 
     async stats(agentType, signal) {
       // Latency and mean iterations cover the runs that ended through the loop (duration_ms set):
-      // an interrupted run has no duration, and a running one no result yet. Counts cover every
+      // one a crash or a sweep interrupted has no duration, and a running one no result yet. Counts cover every
       // run created in the window; tool calls are those of these runs.
       const { rows } = await queryWithSignal<StatsRow>(
         pool,
@@ -542,7 +555,8 @@ export function createPostgresRunStore(options: PostgresRunStoreOptions): Postgr
     close() {
       closing ??= (async () => {
         closed = true;
-        await batcher.drained();
+        // Bounded: a database that stopped answering must not hold the shutdown past its grace.
+        await Promise.race([batcher.drained(), new Promise((resolve) => setTimeout(resolve, writeTimeoutMs).unref())]);
         await Promise.allSettled([...inFlight]);
         if (live.size === 0) return;
         // A graceful stop with runs still going: they will not end here, so say so now rather than

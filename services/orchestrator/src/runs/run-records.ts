@@ -1,5 +1,8 @@
 import type { AgentRun, AgentStatus, AgentTypeStats, Usage } from "@vlinders/proto";
 
+/** The stop reason of a run whose process stopped before the run ended. */
+export const interruptedStopReason = "interrupted: the orchestrator stopped before the run ended";
+
 /**
  * What the agent loop writes about a run as it goes, and what GetAgent, GetAgentStats and the
  * restart sweep read back. The PostgreSQL implementation is the record of truth: every write

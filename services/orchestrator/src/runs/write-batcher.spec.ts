@@ -65,6 +65,17 @@ describe("createWriteBatcher", () => {
     ]);
   });
 
+  it("reports how a write already being written ended, even if its signal aborts meanwhile", async () => {
+    const writer = heldWriter();
+    const batcher = createWriteBatcher({ writeBatch: writer.writeBatch, maxBatch: 100 });
+    const controller = new AbortController();
+    const sent = batcher.submit("a", controller.signal);
+    await writer.whileWriting();
+    controller.abort(new Error("caller gone"));
+    await writer.releaseNext();
+    await expect(sent).resolves.toBeUndefined();
+  });
+
   it("drops a queued write whose signal aborts, and rejects it with an AbortError", async () => {
     const writer = heldWriter();
     const batcher = createWriteBatcher({ writeBatch: writer.writeBatch, maxBatch: 100 });

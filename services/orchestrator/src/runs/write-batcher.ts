@@ -9,8 +9,10 @@ export interface QueuedWrite<W> {
 
 export interface WriteBatcher<W> {
   /**
-   * Queues a write. Resolves once the batch that carried it is written; rejects when that failed,
-   * or at once when `signal` aborts (a write already sent may still land).
+   * Queues a write. Resolves once the batch that carried it is written, rejects when that failed.
+   * `signal` is heeded while the write waits in the queue (it is dropped and rejects at once);
+   * once its batch is being written, the caller learns how that ended, as with any statement
+   * already sent: a write that lands is never reported as given up.
    */
   submit(write: W, signal?: AbortSignal): Promise<void>;
   /** Puts writes back at the front of the queue, for the next batch. */
@@ -62,7 +64,8 @@ export function createWriteBatcher<W>(options: {
         let settled = false;
         const onAbort = (): void => {
           const index = queue.indexOf(entry);
-          if (index >= 0) queue.splice(index, 1);
+          if (index < 0) return;
+          queue.splice(index, 1);
           settle(() => reject(abortErrorFor(signal as AbortSignal)));
         };
         const settle = (how: () => void): void => {
