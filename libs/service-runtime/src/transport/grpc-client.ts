@@ -179,6 +179,8 @@ export async function* callOverHttp2<Message>(
   let failure: unknown;
   let closed = false;
   let ended = false;
+  /** Whether the server sent response headers: a connection lost before them is UNAVAILABLE. */
+  let answered = false;
   let wake: (() => void) | undefined;
   const notify = () => {
     const resolve = wake;
@@ -190,6 +192,7 @@ export async function* callOverHttp2<Message>(
   };
 
   stream.on("response", (responseHeaders: IncomingHttpHeaders) => {
+    answered = true;
     const httpStatus = Number(responseHeaders[":status"]);
     if (httpStatus !== 200) {
       settle(statusOfHttpStatus(httpStatus), `${channel.address} answered HTTP ${httpStatus}, not gRPC`);
@@ -251,10 +254,16 @@ export async function* callOverHttp2<Message>(
     }
     if (outcome === undefined) {
       const reset = stream.rstCode;
+      // Refused, or the whole connection gone before the server answered (a server that stopped,
+      // a proxy that dropped it): the server is unavailable, as gRPC's own clients report it. A
+      // stream reset once the answer had begun is the server's failure mid-call.
+      const unavailable = reset === http2Constants.NGHTTP2_REFUSED_STREAM || (!answered && (stream.session === undefined || stream.session.destroyed || stream.session.closed));
       throw new ClientError(
         path,
-        reset === http2Constants.NGHTTP2_REFUSED_STREAM ? Status.UNAVAILABLE : Status.INTERNAL,
-        `${channel.address} closed the stream without a status (HTTP/2 code ${reset ?? "none"})`,
+        unavailable ? Status.UNAVAILABLE : Status.INTERNAL,
+        unavailable && reset !== http2Constants.NGHTTP2_REFUSED_STREAM
+          ? `${channel.address} closed the connection before answering`
+          : `${channel.address} closed the stream without a status (HTTP/2 code ${reset ?? "none"})`,
       );
     }
     if (outcome.code !== Status.OK) throw new ClientError(path, outcome.code, outcome.details);

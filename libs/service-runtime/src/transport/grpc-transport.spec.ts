@@ -230,6 +230,20 @@ describe("gRPC transport", () => {
     }
   });
 
+  it("fails a call whose connection is dropped before any answer with UNAVAILABLE", async () => {
+    const dropping: TcpServer = createTcpServer((socket: Socket) => socket.destroy());
+    await new Promise<void>((resolve) => dropping.listen(0, "127.0.0.1", resolve));
+    const channel = createInternalChannel(`127.0.0.1:${(dropping.address() as { port: number }).port}`);
+    try {
+      const client = createInternalClient(InferenceServiceDefinition, channel, { internalSecret: secret, defaultDeadlineMs: 5_000 });
+      const failure = await client.listModels({}).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringMatching(/127\.0\.0\.1:\d+/) });
+    } finally {
+      channel.close();
+      await new Promise<void>((resolve) => dropping.close(() => resolve()));
+    }
+  });
+
   it("lets calls in flight finish when shutting down, and refuses new ones", async () => {
     const draining = createGrpcServer();
     draining.add(InferenceServiceDefinition, {
