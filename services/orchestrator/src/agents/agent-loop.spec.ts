@@ -1,18 +1,19 @@
 import { execFile } from "node:child_process";
 import { access, mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer, type Server } from "node:http";
+import { createServer as createNetServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import { brokerConfigSchema, createInferenceBroker } from "@vlinders/inference-broker";
 import { AgentEvent, AgentStatus, ChatEvent, ToolServiceDefinition, type RunAgentRequest, type ToolResult, type Usage } from "@vlinders/proto";
-import { createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
+import { createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, ServiceShutdownError, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
 import { createToolRunner, toolRunnerConfigSchema } from "@vlinders/tool-runner";
 import { countTokens, VllmSimulator } from "@vlinders/vllm-simulator";
 import { Status } from "nice-grpc-common";
 import { createHookRegistry, createHookRunner } from "../hooks/hook-runner";
 import { createPluginToolRegistry } from "../plugins/plugin-tools";
-import type { RunRecorder } from "../runs/run-records";
+import { interruptedStopReason, type RunRecorder } from "../runs/run-records";
 import { createAgentRunner, type AgentRunner, type AgentRunnerDependencies, type RunOutcome } from "./agent-loop";
 import { loadAgentTypeCatalog } from "./agent-types";
 import { RelayInferenceServiceDefinition } from "./chat-agent";
@@ -406,13 +407,12 @@ describe("agent loop", () => {
   });
 
   it("gives the calls of a tool-runner that is down its error, keeps the other tools' results, and goes on", async () => {
-    // The tool list comes from the real tool-runner; ExecuteBatch goes to a port nobody listens on
-    // (the runner went down in between) and fails with UNAVAILABLE. The plugin tool beside it runs.
-    const closed = createServer();
-    await new Promise<void>((resolve) => closed.listen(0, "127.0.0.1", resolve));
-    const deadPort = (closed.address() as { port: number }).port;
-    await new Promise<void>((resolve) => closed.close(() => resolve()));
-    const deadChannel = createInternalChannel(`127.0.0.1:${deadPort}`);
+    // The tool list comes from the real tool-runner; ExecuteBatch goes to an address that drops
+    // every connection (the runner went down in between) and fails with UNAVAILABLE. The plugin
+    // tool beside it runs.
+    const dropping = createNetServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => dropping.listen(0, "127.0.0.1", resolve));
+    const deadChannel = createInternalChannel(`127.0.0.1:${(dropping.address() as { port: number }).port}`);
     channels.push(deadChannel);
     const ownRecorder = createInMemoryRunRecorder();
     const cutOff = createAgentRunner({
@@ -439,6 +439,7 @@ describe("agent loop", () => {
       ]);
     } finally {
       runner = previous;
+      await new Promise<void>((resolve) => dropping.close(() => resolve()));
     }
   });
 
@@ -572,6 +573,22 @@ describe("agent loop", () => {
     expect(outcome.error).toContain("timeout of 1500 ms");
     expect(Date.now() - startedAt).toBeLessThan(4_000);
   }, 30_000);
+
+  it("records a run its service's shutdown cut off as interrupted, and the tool call that did finish", async () => {
+    const controller = new AbortController();
+    const { outcome } = await run(request("explore", 'call run_command {"command":"sleep 30"} and call shout {"text":"done"} then answer'), {
+      signal: controller.signal,
+      onEvent(event) {
+        // Once shout has answered and sleep runs: what the service host's grace period ending
+        // does to every call still running.
+        if (event.event?.$case === "toolCallRequested" && event.event.value.call?.name === "shout") setTimeout(() => controller.abort(new ServiceShutdownError()), 500);
+      },
+    });
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_INTERRUPTED, stopReason: interruptedStopReason });
+    const recorded = recorder.runs.get(outcome.runId);
+    expect(recorded?.finished).toMatchObject({ status: AgentStatus.AGENT_STATUS_INTERRUPTED });
+    expect(recorded?.toolCalls.map((call) => [call.toolName, call.success])).toEqual([["shout", true]]);
+  }, 60_000);
 
   it("cancels a run mid-tool: CANCELLED, and the sandboxed command stops", async () => {
     const controller = new AbortController();

@@ -747,11 +747,12 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         .then(
           (response) => response.results,
           (error: unknown) => {
-            // The run's own cancel or deadline ends the run. The tool-runner failing (down, its
-            // deadline) fails these calls only: the model gets the error as their results, as with
+            // The run's own cancel or deadline ends the run, and so does a failure that is the
+            // mesh's (a refused secret, a bug). The tool-runner being down, overloaded or past its
+            // deadline fails these calls only: the model gets the error as their results, as with
             // any failed tool, and what the other tools of the iteration returned is kept.
-            if (signal.aborted) throw error;
-            const reason = error instanceof ServerError || error instanceof ClientError ? `${Status[error.code]}: ${error.details}` : error instanceof Error ? error.message : String(error);
+            if (signal.aborted || !(error instanceof ClientError) || !transientToolRunnerFailures.has(error.code)) throw error;
+            const reason = `${Status[error.code]}: ${error.details}`;
             deps.logger.warn({ run_id: options.runId, err: error }, "the tool-runner failed a batch of tool calls; the model gets the error as their results");
             return runnerIndexes.map((index) => failed(step.calls[index]!, `the tool-runner could not run this call (${reason})`));
           },
@@ -770,7 +771,11 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         settledAll.map(async (entry, index) => {
           const call = step.calls[index]!;
           if (entry.status !== "fulfilled" || entry.value === undefined || toRun[index]?.kind !== "run") return;
-          await recorder.toolCalled(toolCallRecord(step, index, call, entry.value, startedAt), recordSignal()).catch(() => undefined);
+          // Through post_tool_use as on the way to the model: a hook that redacts a result must
+          // redact what is stored too. The run's signal is spent; the record's deadline bounds it.
+          const bounded = recordSignal();
+          const result = await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: call }), entry.value, bounded);
+          await recorder.toolCalled(toolCallRecord(step, index, call, result, startedAt), bounded).catch(() => undefined);
         }),
       );
       throw rejected.reason;
@@ -844,14 +849,15 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     const entries = await Promise.all(
       checked.map(async (task) => {
         const childRunId = randomUUID();
-        await step.send({ $case: "subagentStarted", value: { childRunId, agentType: task.agentType, instruction: task.instruction } });
         // Cancelling the child stops it alone: the parent gets its result as cancelled and goes on.
+        // Registered before its id is announced, so that a CancelAgent as quick as can be finds it.
         const cancel = new AbortController();
         const unregister = deps.activeRuns?.register(childRunId, cancel);
         const childSignal = linkSignals(step.signal, cancel.signal);
         let outcome: RunOutcome | undefined;
         let error = "";
         try {
+          await step.send({ $case: "subagentStarted", value: { childRunId, agentType: task.agentType, instruction: task.instruction } });
           outcome = await runInternal(
             {
               agentType: task.agentType,
@@ -930,6 +936,9 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     },
   };
 }
+
+/** How a failed ExecuteBatch may end that fails its calls but not the run. */
+const transientToolRunnerFailures = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED, Status.RESOURCE_EXHAUSTED]);
 
 const statusNames: Partial<Record<AgentStatus, string>> = {
   [AgentStatus.AGENT_STATUS_SUCCEEDED]: "succeeded",
