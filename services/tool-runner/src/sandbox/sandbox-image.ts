@@ -79,8 +79,10 @@ export async function ensureSandboxImage(options: { docker: Docker; image: strin
         if (again === "no-label" || again === recipe.hash) return;
         const startedAt = performance.now();
         logger.info({ image, reason: again === "missing" ? "missing" : "stale recipe" }, "building the sandbox image from this machine's files");
+        const replaced = again === "missing" ? undefined : await imageId(docker, image, options.signal);
         await buildImage(docker, image, recipe, options.signal);
         logger.info({ image, durationMs: Math.round(performance.now() - startedAt) }, "sandbox image built");
+        if (replaced !== undefined) await removeReplacedImage(docker, replaced, image, logger);
         return;
       } finally {
         await unlink(lockPath).catch(() => {});
@@ -103,6 +105,31 @@ async function tryLock(path: string): Promise<boolean> {
     const info = await stat(path).catch(() => undefined);
     if (info !== undefined && Date.now() - info.mtimeMs > lockStaleMs) await unlink(path).catch(() => {});
     return false;
+  }
+}
+
+async function imageId(docker: Docker, image: string, signal: AbortSignal | undefined): Promise<string | undefined> {
+  try {
+    return (await withDeadline(docker.getImage(image).inspect(), inspectDeadlineMs, `inspecting the sandbox image ${image}`, signal === undefined ? {} : { signal })).Id;
+  } catch (error: unknown) {
+    if ((error as { statusCode?: number }).statusCode === 404) return undefined;
+    throw error;
+  }
+}
+
+/**
+ * The image a rebuild took the tag from is left without one: removed, unless a container still
+ * uses it (Docker refuses then; it is left for `docker image prune`). Each rebuild would otherwise
+ * leave a couple of hundred megabytes behind.
+ */
+async function removeReplacedImage(docker: Docker, id: string, image: string, logger: Logger): Promise<void> {
+  try {
+    await withDeadline(docker.getImage(id).remove(), inspectDeadlineMs, `removing the replaced sandbox image ${id}`, {});
+    logger.info({ image, removed: id }, "removed the sandbox image the rebuild replaced");
+  } catch (error: unknown) {
+    const statusCode = (error as { statusCode?: number }).statusCode;
+    if (statusCode === 404) return;
+    logger.warn({ image, replaced: id, err: error }, "kept the sandbox image the rebuild replaced (in use, or Docker refused); docker image prune removes it");
   }
 }
 
