@@ -175,6 +175,8 @@ async function main(): Promise<void> {
     const lines = [
       "",
       `agents benchmark (${cpus().length} CPUs): explore runs of 3 iterations (read_file, run_command in the sandbox, answer); worker TTFT 20 ms, 50 tokens/s`,
+      // The services' database is whatever the environment gives them, as with npm start.
+      `run records: ${process.env.DATABASE_URL ? "PostgreSQL at DATABASE_URL" : "in-process PGlite in each service (DATABASE_URL unset)"}`,
       "",
       `${"batch".padEnd(40)} ${"wall ms".padStart(9)} ${"run p50 ms".padStart(11)} ${"run p99 ms".padStart(11)} ${"failures".padStart(9)}`,
       ...rows.map(([label, batch, wall]) =>
@@ -199,6 +201,7 @@ async function main(): Promise<void> {
         speedup_3: round(speedup3),
         speedup_100: round(speedup100),
         sequential_100_estimated: estimated,
+        database: process.env.DATABASE_URL ? "postgresql" : "pglite",
         sequential_3_ms: Math.round(sequential3.wallMs),
         concurrent_3_ms: Math.round(concurrent3.wallMs),
         sequential_100_ms: Math.round(sequential100Ms),
