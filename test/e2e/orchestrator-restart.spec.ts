@@ -8,6 +8,25 @@ import { createChannel, createClient, Metadata, Status } from "nice-grpc";
 
 const rootDir = join(__dirname, "../..");
 const secret = "orchestrator-restart-secret-0123456789";
+/** An AgentService client of one orchestrator process. */
+function connectTo(orchestrator: MeshProcess) {
+  const channel = createChannel(`127.0.0.1:${String(orchestrator.listening.grpc_port)}`);
+  return { channel, agents: createClient(AgentServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } }) };
+}
+
+/** A run that is still in its sandboxed command a minute later. */
+const longRun = {
+  agentType: "explore",
+  instruction: 'call run_command {"command":"sleep 60"} then answer',
+  workspaceId: "project",
+  model: "",
+  history: [],
+  tools: [],
+  sampling: undefined,
+  userId: "e2e",
+  sessionId: "",
+  overrides: undefined,
+};
 
 /**
  * The orchestrator killed with SIGKILL in the middle of a run: the caller's stream ends with
@@ -68,24 +87,12 @@ describe("the orchestrator killed mid-run", () => {
 
   it("ends the caller's stream with UNAVAILABLE and records the run as interrupted once it is back", async () => {
     const first = await start("orchestrator", "services/orchestrator/dist/main.js", orchestratorEnv);
-    const channel = createChannel(`127.0.0.1:${String(first.listening.grpc_port)}`);
-    const agents = createClient(AgentServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const { channel: channel, agents: agents } = connectTo(first);
     const events: AgentEvent[] = [];
     let streamError: { code: Status } | undefined;
     let killed = false;
     try {
-      for await (const event of agents.streamAgent({
-        agentType: "explore",
-        instruction: 'call run_command {"command":"sleep 60"} then answer',
-        workspaceId: "project",
-        model: "",
-        history: [],
-        tools: [],
-        sampling: undefined,
-        userId: "e2e",
-        sessionId: "",
-        overrides: undefined,
-      })) {
+      for await (const event of agents.streamAgent(longRun)) {
         events.push(event);
         // The run is recorded and its command is running in the sandbox: now the orchestrator dies.
         if (event.event?.$case === "toolCallRequested" && !killed) {
@@ -103,8 +110,7 @@ describe("the orchestrator killed mid-run", () => {
     expect(runId).not.toBe("");
 
     const second = await start("orchestrator", "services/orchestrator/dist/main.js", orchestratorEnv);
-    const secondChannel = createChannel(`127.0.0.1:${String(second.listening.grpc_port)}`);
-    const secondAgents = createClient(AgentServiceDefinition, secondChannel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const { channel: secondChannel, agents: secondAgents } = connectTo(second);
     const run = await secondAgents.getAgent({ runId });
     expect(run).toMatchObject({ runId, agentType: "explore", status: AgentStatus.AGENT_STATUS_INTERRUPTED });
     expect(run.stopReason).toMatch(/^interrupted/);
@@ -114,23 +120,11 @@ describe("the orchestrator killed mid-run", () => {
 
   it("records a run cut off by a graceful stop (SIGTERM past the grace period) as interrupted, not cancelled", async () => {
     const first = await start("orchestrator", "services/orchestrator/dist/main.js", { ...orchestratorEnv, SHUTDOWN_GRACE_MS: "300" });
-    const channel = createChannel(`127.0.0.1:${String(first.listening.grpc_port)}`);
-    const agents = createClient(AgentServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const { channel: channel, agents: agents } = connectTo(first);
     const events: AgentEvent[] = [];
     let stopping: Promise<void> | undefined;
     try {
-      for await (const event of agents.streamAgent({
-        agentType: "explore",
-        instruction: 'call run_command {"command":"sleep 60"} then answer',
-        workspaceId: "project",
-        model: "",
-        history: [],
-        tools: [],
-        sampling: undefined,
-        userId: "e2e",
-        sessionId: "",
-        overrides: undefined,
-      })) {
+      for await (const event of agents.streamAgent(longRun)) {
         events.push(event);
         if (event.event?.$case === "toolCallRequested" && stopping === undefined) stopping = first.stop();
       }
@@ -144,8 +138,7 @@ describe("the orchestrator killed mid-run", () => {
     expect(runId).not.toBe("");
 
     const second = await start("orchestrator", "services/orchestrator/dist/main.js", orchestratorEnv);
-    const secondChannel = createChannel(`127.0.0.1:${String(second.listening.grpc_port)}`);
-    const secondAgents = createClient(AgentServiceDefinition, secondChannel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
+    const { channel: secondChannel, agents: secondAgents } = connectTo(second);
     const run = await secondAgents.getAgent({ runId });
     expect(run).toMatchObject({ runId, status: AgentStatus.AGENT_STATUS_INTERRUPTED });
     expect(run.stopReason).toMatch(/^interrupted/);
