@@ -27,6 +27,17 @@ export class ServerSentEventParser {
 
   private takeLines(final: boolean, onData: (data: string) => void): void {
     const buffer = this.buffer;
+    // Workers end lines with "\n" alone: then the native indexOf finds each line end, instead of a
+    // look at every character (a chunk per token of every stream passes through here).
+    if (buffer.indexOf("\r") === -1) {
+      let start = 0;
+      for (let end = buffer.indexOf("\n"); end !== -1; end = buffer.indexOf("\n", start)) {
+        this.takeLine(buffer.slice(start, end), onData);
+        start = end + 1;
+      }
+      this.buffer = start === 0 ? buffer : buffer.slice(start);
+      return;
+    }
     let start = 0;
     for (let index = 0; index < buffer.length; index++) {
       const code = buffer.charCodeAt(index);
