@@ -34,6 +34,18 @@ describe("createWorkspaces().open", () => {
     await expect(workspaces.open("ws-1", { create: false })).resolves.toMatchObject({ rootPath: join(root, "ws-1") });
   });
 
+  it("creates a workspace again that was deleted after it was opened, and gives it to the owner again", async () => {
+    const workspaces = createWorkspaces({ rootPath: root, owner: { uid: 1234, gid: 2345 } });
+    await workspaces.open("ws-1", { create: true });
+    await rm(join(root, "ws-1"), { recursive: true });
+    await expect(workspaces.open("ws-1", { create: false })).rejects.toThrow(WorkspaceNotFoundError);
+    const again = await workspaces.open("ws-1", { create: true });
+    expect(await stat(again.rootPath)).toMatchObject({ uid: 1234, gid: 2345 });
+    // Deleted with the root itself: both come back.
+    await rm(root, { recursive: true });
+    await expect(workspaces.open("ws-1", { create: true })).resolves.toMatchObject({ rootPath: join(root, "ws-1") });
+  });
+
   it("gives a workspace it creates to the owner (commands run as the owner), and leaves an existing one alone", async () => {
     // Run as root, like the service in its container: only root may give files away.
     const workspaces = createWorkspaces({ rootPath: root, owner: { uid: 1234, gid: 2345 } });

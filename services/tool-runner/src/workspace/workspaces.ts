@@ -43,6 +43,9 @@ export function validateWorkspaceId(workspaceId: string): void {
   }
 }
 
+/** Workspaces remembered as existing, at most; past it the memory starts over. */
+const maxRememberedWorkspaces = 10_000;
+
 /**
  * The workspaces are the directories `<rootPath>/<workspace_id>`; `rootPath` is created when the
  * first workspace is. A relative `rootPath` is taken from the working directory.
@@ -58,36 +61,43 @@ export function createWorkspaces(options: {
 }): Workspaces {
   const rootPath = resolvePath(options.rootPath);
   const owner = options.owner !== undefined ? options.owner : process.getuid?.() === 0 ? defaultSandboxUser : null;
-  return {
-    async open(workspaceId, { create }) {
-      validateWorkspaceId(workspaceId);
-      const directory = join(rootPath, workspaceId);
-      if (create) {
-        await mkdir(rootPath, { recursive: true });
-        // Not recursive: only the call that creates the directory gives it away, and only it.
-        const created = await mkdir(directory).then(
-          () => true,
-          (error: NodeJS.ErrnoException) => {
-            if (error.code === "EEXIST") return false;
-            throw error;
-          },
-        );
-        if (created && owner) await chown(directory, owner.uid, owner.gid);
-      }
-      let hostPath: string;
-      try {
-        // An operator may have made a workspace a symlink to elsewhere; its target is the workspace.
-        hostPath = await realpath(directory);
-      } catch (error) {
-        if (isNotFound(error)) throw new WorkspaceNotFoundError(`workspace_id: workspace ${JSON.stringify(workspaceId)} does not exist`);
-        throw error;
-      }
-      if (!(await stat(hostPath)).isDirectory()) {
-        throw new WorkspaceNotFoundError(`workspace_id: workspace ${JSON.stringify(workspaceId)} is not a directory`);
-      }
-      return createWorkspace(workspaceId, hostPath);
-    },
+  // Workspaces this process found to exist: a tool call that writes skips the two mkdir calls for
+  // them (every call of a busy workspace otherwise pays for them). One deleted since is created
+  // again when its realpath fails.
+  const existing = new Set<string>();
+  const open = async (workspaceId: string, { create }: OpenWorkspaceOptions): Promise<Workspace> => {
+    validateWorkspaceId(workspaceId);
+    const directory = join(rootPath, workspaceId);
+    if (create && !existing.has(directory)) {
+      await mkdir(rootPath, { recursive: true });
+      // Not recursive: only the call that creates the directory gives it away, and only it.
+      const created = await mkdir(directory).then(
+        () => true,
+        (error: NodeJS.ErrnoException) => {
+          if (error.code === "EEXIST") return false;
+          throw error;
+        },
+      );
+      if (created && owner) await chown(directory, owner.uid, owner.gid);
+    }
+    let hostPath: string;
+    try {
+      // An operator may have made a workspace a symlink to elsewhere; its target is the workspace.
+      hostPath = await realpath(directory);
+    } catch (error) {
+      if (isNotFound(error) && existing.delete(directory) && create) return open(workspaceId, { create });
+      if (isNotFound(error)) throw new WorkspaceNotFoundError(`workspace_id: workspace ${JSON.stringify(workspaceId)} does not exist`);
+      throw error;
+    }
+    if (!(await stat(hostPath)).isDirectory()) {
+      existing.delete(directory);
+      throw new WorkspaceNotFoundError(`workspace_id: workspace ${JSON.stringify(workspaceId)} is not a directory`);
+    }
+    if (existing.size >= maxRememberedWorkspaces) existing.clear();
+    existing.add(directory);
+    return createWorkspace(workspaceId, hostPath);
   };
+  return { open };
 }
 
 /**
