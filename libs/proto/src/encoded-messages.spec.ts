@@ -1,5 +1,5 @@
 import { AgentEvent, AgentStatus, ChatEvent, FinishReason, InferenceServiceDefinition } from "./index";
-import { EncodedMessage, encodeModelAgentEvent, modelEventOf, withEncodedResponses } from "./encoded-messages";
+import { EncodedMessage, encodeModelAgentEvent, modelAgentEventEncoder, modelEventOf, withEncodedResponses } from "./encoded-messages";
 
 const chatEvent: ChatEvent = { event: { $case: "contentDelta", value: "héllo, wörld" }, model: "m" };
 
@@ -8,6 +8,16 @@ describe("encoded relays of AgentEvent", () => {
     const framed = encodeModelAgentEvent("run-1", ChatEvent.encode(chatEvent).finish());
     expect(AgentEvent.decode(framed)).toEqual({ runId: "run-1", event: { $case: "modelEvent", value: chatEvent } });
     expect(Buffer.from(framed)).toEqual(Buffer.from(AgentEvent.encode({ runId: "run-1", event: { $case: "modelEvent", value: chatEvent } }).finish()));
+  });
+
+  it("frames events of every size as the generated encoder does, with one encoder per run", () => {
+    const encode = modelAgentEventEncoder("run-é-2");
+    // Lengths around each varint boundary (1, 2 and 3 bytes of length).
+    for (const size of [0, 1, 100, 120, 121, 122, 200, 16_370, 16_390, 70_000]) {
+      const event: ChatEvent = { event: { $case: "contentDelta", value: "x".repeat(size) }, model: "m" };
+      const expected = AgentEvent.encode({ runId: "run-é-2", event: { $case: "modelEvent", value: event } }).finish();
+      expect(Buffer.from(encode(ChatEvent.encode(event).finish()))).toEqual(Buffer.from(expected));
+    }
   });
 
   it("finds the ChatEvent bytes inside an AgentEvent, and nothing in other kinds of events", () => {

@@ -41,12 +41,34 @@ const lengthDelimited = 2;
  * decoding it: the orchestrator relays the broker's events this way.
  */
 export function encodeModelAgentEvent(runId: string, encodedChatEvent: Uint8Array): Uint8Array {
-  return new BinaryWriter()
-    .uint32((runIdField << 3) | lengthDelimited)
-    .string(runId)
-    .uint32((modelEventField << 3) | lengthDelimited)
-    .bytes(encodedChatEvent)
-    .finish();
+  return modelAgentEventEncoder(runId)(encodedChatEvent);
+}
+
+/**
+ * encodeModelAgentEvent for one run, for a stream of its events: the run_id field is encoded
+ * once, and each event costs one buffer and one copy (a token of every stream passes through).
+ */
+export function modelAgentEventEncoder(runId: string): (encodedChatEvent: Uint8Array) => Uint8Array {
+  const prefix = new BinaryWriter().uint32((runIdField << 3) | lengthDelimited).string(runId).uint32((modelEventField << 3) | lengthDelimited).finish();
+  return (encodedChatEvent) => {
+    let length = encodedChatEvent.length;
+    let varintBytes = 1;
+    while (length >= 0x80) {
+      length >>>= 7;
+      varintBytes += 1;
+    }
+    const framed = Buffer.allocUnsafe(prefix.length + varintBytes + encodedChatEvent.length);
+    framed.set(prefix, 0);
+    let at = prefix.length;
+    length = encodedChatEvent.length;
+    while (length >= 0x80) {
+      framed[at++] = (length & 0x7f) | 0x80;
+      length >>>= 7;
+    }
+    framed[at++] = length;
+    framed.set(encodedChatEvent, at);
+    return framed;
+  };
 }
 
 /**

@@ -102,4 +102,4 @@ export const serviceNames = {
   inferenceAdmin: "vlinders.v1.InferenceAdminService",
   context: "vlinders.v1.ContextService",
 } as const;
-export { EncodedMessage, withEncodedResponses, encodeModelAgentEvent, modelEventOf } from "./encoded-messages";
+export { EncodedMessage, withEncodedResponses, encodeModelAgentEvent, modelAgentEventEncoder, modelEventOf } from "./encoded-messages";

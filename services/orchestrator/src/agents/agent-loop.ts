@@ -4,7 +4,7 @@ import {
   AgentEvent,
   AgentStatus,
   ChatEvent,
-  encodeModelAgentEvent,
+  modelAgentEventEncoder,
   FinishReason,
   ToolResult,
   type ChatMessage,
@@ -447,6 +447,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
 
     try {
       await send({ $case: "runStarted", value: { agentType: agentType.name, model, parentRunId: options.parentRunId } });
+      const encodeModelEvent = modelAgentEventEncoder(runId);
       for (;;) {
         if (iterations >= run.maxIterations) return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "max_iterations", error: `stopped after ${run.maxIterations} iterations` });
         signal.throwIfAborted();
@@ -456,7 +457,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         let turn: ModelTurn;
         try {
           turn = options.streamModelEvents
-            ? await callModel(request, model, window, run.tools, inference.signal, (encoded) => options.send(encodeModelAgentEvent(runId, encoded), true, inference.signal))
+            ? await callModel(request, model, window, run.tools, inference.signal, (encoded) => options.send(encodeModelEvent(encoded), true, inference.signal))
             : await completeModel(request, model, window, run.tools, inference.signal);
         } catch (error: unknown) {
           inference.end(error);

@@ -3,7 +3,7 @@ import {
   AgentEvent,
   AgentStatus,
   ChatEvent,
-  encodeModelAgentEvent,
+  modelAgentEventEncoder,
   FinishReason,
   InferenceServiceDefinition,
   withEncodedResponses,
@@ -69,6 +69,7 @@ export async function* runChatAgent(
     },
     { signal },
   );
+  const encodeModelEvent = modelAgentEventEncoder(runId);
   for await (const encoded of events) {
     // Read for the run's own record (answer, finish reason, usage); relayed as it came.
     const event = ChatEvent.decode(encoded);
@@ -85,7 +86,7 @@ export async function* runChatAgent(
       default:
         break;
     }
-    yield encodeModelAgentEvent(runId, encoded);
+    yield encodeModelEvent(encoded);
   }
   yield AgentEvent.encode({
     runId,
