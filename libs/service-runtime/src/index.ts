@@ -2,6 +2,7 @@ export * from "./config";
 export * from "./logger";
 export * from "./metrics";
 export { HotPathHistogram, type HotPathHistogramChild } from "./hot-path-histogram";
+export { readLimitedBody } from "./read-limited-body";
 export * from "./tracing";
 export * from "./client";
 export * from "./service-host";

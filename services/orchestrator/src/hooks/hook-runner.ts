@@ -1,5 +1,5 @@
 import type { ToolResult } from "@vlinders/proto";
-import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import { linkSignals, readLimitedBody, type Logger } from "@vlinders/service-runtime";
 import type { HookDecision, HookFunction, HookPayload, HookTarget } from "./hook-types";
 
 /** In-process hooks by name, referenced from agents.yaml as `{plugin: name}`. */
@@ -57,21 +57,9 @@ async function readCapped(response: Response, limit: number): Promise<string> {
     await response.body?.cancel();
     throw new Error(`answered ${declared} bytes, more than the ${limit} a hook may`);
   }
-  if (!response.body) return "";
-  const chunks: Uint8Array[] = [];
-  let length = 0;
-  const reader = response.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    length += value.byteLength;
-    if (length > limit) {
-      await reader.cancel();
-      throw new Error(`answered more than the ${limit} bytes a hook may`);
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString("utf8");
+  const text = await readLimitedBody(response, limit);
+  if (text === undefined) throw new Error(`answered more than the ${limit} bytes a hook may`);
+  return text;
 }
 
 /** Builds the HookRunner over the in-process registry and HTTP webhooks (fetch, POST JSON). */

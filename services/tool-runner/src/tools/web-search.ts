@@ -1,4 +1,4 @@
-import { linkSignals } from "@vlinders/service-runtime";
+import { linkSignals, readLimitedBody } from "@vlinders/service-runtime";
 import { failure } from "./file-helpers";
 import type { ToolDefinition } from "./tool";
 import { truncateMiddle } from "./truncate-output";
@@ -64,7 +64,7 @@ export function createWebSearchTool(options: WebSearchOptions = {}): ToolDefinit
           await response.body?.cancel();
           return failure(`web search service answered HTTP ${response.status}`);
         }
-        const text = await readLimited(response, maxResponseBytes);
+        const text = await readLimitedBody(response, maxResponseBytes);
         if (text === undefined) return failure(`web search service answered with more than ${maxResponseBytes} bytes`);
         try {
           body = JSON.parse(text);
@@ -88,25 +88,6 @@ export function createWebSearchTool(options: WebSearchOptions = {}): ToolDefinit
       return { success: true, output: cut.text, result: { results: shown }, truncated: cut.truncated };
     },
   };
-}
-
-/** The body as text, or undefined when it is larger than `maxBytes` (reading stops there). */
-async function readLimited(response: Response, maxBytes: number): Promise<string | undefined> {
-  if (!response.body) return "";
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let total = 0;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    total += value.length;
-    if (total > maxBytes) {
-      await reader.cancel();
-      return undefined;
-    }
-    chunks.push(value);
-  }
-  return Buffer.concat(chunks).toString("utf8");
 }
 
 function parseResults(body: unknown): WebSearchResult[] | undefined {
