@@ -1,6 +1,7 @@
 import { context as otelContext } from "@opentelemetry/api";
 import type { Client, CompatServiceDefinition } from "nice-grpc";
 import { ClientError, Metadata, Status, type CallOptions } from "nice-grpc-common";
+import { deadlineOf } from "./call-deadline";
 import { internalAuthHeader } from "./middleware/internal-auth";
 import { injectTraceContext, startClientSpan, traceContextOf } from "./middleware/tracing";
 import { callOverHttp2, Http2Channel, type KeepaliveSettings, type WireCall } from "./transport/grpc-client";
@@ -62,7 +63,13 @@ function startCall<Message>(
   callOptions: CallOptions & DeadlineOptions,
   decode: (bytes: Buffer) => Message,
 ): AsyncGenerator<Message, void, undefined> {
-  const { deadline = options.defaultDeadlineMs, signal } = callOptions;
+  const { signal } = callOptions;
+  // The caller's deadline (from its signal) bounds this call too: no hop waits for an answer its
+  // caller will not wait for. The call's own deadline, or the default, may only shorten it.
+  const own = callOptions.deadline ?? options.defaultDeadlineMs;
+  const ownDeadline = own instanceof Date ? own.getTime() : Date.now() + own;
+  const inherited = deadlineOf(signal);
+  const deadline = inherited !== undefined && inherited < ownDeadline ? new Date(inherited) : own;
   const span = startClientSpan(method.path, traceContextOf(signal) ?? otelContext.active());
   const metadata = Metadata(callOptions.metadata);
   metadata.set(internalAuthHeader, options.internalSecret);

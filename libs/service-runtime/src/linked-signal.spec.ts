@@ -1,3 +1,4 @@
+import { bindDeadline, deadlineOf } from "./call-deadline";
 import { linkSignals } from "./linked-signal";
 
 describe("linkSignals", () => {
@@ -15,6 +16,14 @@ describe("linkSignals", () => {
     const done = new AbortController();
     done.abort("already");
     expect(linkSignals(new AbortController().signal, done.signal).signal.reason).toBe("already");
+  });
+
+  it("carries the earliest deadline of its sources, so that a call made with it inherits the caller's", () => {
+    const [call, later, none] = [new AbortController(), new AbortController(), new AbortController()];
+    bindDeadline(call.signal, 1_000);
+    bindDeadline(later.signal, 5_000);
+    expect(deadlineOf(linkSignals(none.signal, later.signal, call.signal).signal)).toBe(1_000);
+    expect(deadlineOf(linkSignals(none.signal).signal)).toBeUndefined();
   });
 
   it("leaves no listener on a long-lived source once disposed", () => {

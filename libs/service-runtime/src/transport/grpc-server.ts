@@ -11,6 +11,7 @@ import type { AddressInfo, Socket } from "node:net";
 import { isAbortError } from "abort-controller-x";
 import type { CompatServiceDefinition, ServiceImplementation } from "nice-grpc";
 import { Metadata, ServerError, Status, type CallContext } from "nice-grpc-common";
+import { bindDeadline, CallDeadlineError, deadlineOf } from "../call-deadline";
 import { FrameDecoder, frameMessage } from "./grpc-frames";
 import { addMetadataHeaders, encodeGrpcMessage, metadataFromHeaders, parseGrpcTimeout } from "./grpc-metadata";
 import { wireMethodsOf, type WireMethod } from "./service-definition";
@@ -62,6 +63,8 @@ interface RegisteredMethod {
 }
 
 const grpcContentType = "application/grpc";
+/** How close to its deadline a cancelled call counts as one that ran out of time (clocks, transit). */
+const deadlineSlackMs = 50;
 const defaultMaxReceiveMessageBytes = 4 * 1024 * 1024;
 
 /**
@@ -233,15 +236,26 @@ class ServerCall {
       trailer: Metadata(),
       signal: this.controller.signal,
     };
-    stream.once("close", () => {
-      if (!this.ended) this.controller.abort(new Error("the client cancelled the call"));
-      clearTimeout(this.deadlineTimer);
-    });
     const timeoutMs = parseGrpcTimeout(headers["grpc-timeout"]);
+    stream.once("close", () => {
+      clearTimeout(this.deadlineTimer);
+      if (this.ended) return;
+      // The caller's side cancels the stream when its deadline passes, and that cancel usually
+      // arrives before this side's timer fires: a cancel at the deadline is the deadline.
+      const deadline = deadlineOf(this.controller.signal);
+      if (deadline !== undefined && Date.now() >= deadline - deadlineSlackMs) {
+        this.deadlineExceeded = true;
+        this.controller.abort(new CallDeadlineError(timeoutMs ?? 0));
+      } else {
+        this.controller.abort(new Error("the client cancelled the call"));
+      }
+    });
     if (timeoutMs !== undefined) {
+      const deadline = Date.now() + timeoutMs;
+      bindDeadline(this.controller.signal, deadline);
       this.deadlineTimer = setTimeout(() => {
         this.deadlineExceeded = true;
-        this.controller.abort(new Error("deadline exceeded"));
+        this.controller.abort(new CallDeadlineError(timeoutMs));
       }, timeoutMs);
     }
   }

@@ -2,6 +2,7 @@ import { connect as connectHttp2 } from "node:http2";
 import { connect as connectTcp, createServer as createTcpServer, type Server as TcpServer, type Socket } from "node:net";
 import { ChatRequest, FinishReason, InferenceServiceDefinition, type ChatEvent } from "@vlinders/proto";
 import { createChannel, createClient, Metadata, ServerError, Status, type Channel } from "nice-grpc";
+import { CallDeadlineError, deadlineOf } from "../call-deadline";
 import { createInternalChannel, createInternalClient, type InternalChannel } from "../client";
 import { createGrpcServer, type GrpcServer } from "./grpc-server";
 
@@ -65,7 +66,7 @@ describe("gRPC transport", () => {
   let port: number;
   let grpcJsChannel: Channel;
   let internalChannel: InternalChannel;
-  const seen: { cancelled: boolean; metadata?: Metadata } = { cancelled: false };
+  const seen: { cancelled: boolean; metadata?: Metadata; abortReason?: unknown; deadline?: number } = { cancelled: false };
 
   beforeAll(async () => {
     server = createGrpcServer({ maxReceiveMessageBytes: 64 * 1024 });
@@ -84,6 +85,7 @@ describe("gRPC transport", () => {
         if (words[0] === "hang") {
           yield { event: { $case: "contentDelta", value: "waiting" }, model: "m" };
           await new Promise<void>((resolve) => context.signal.addEventListener("abort", () => resolve()));
+          seen.abortReason = context.signal.reason;
           seen.cancelled = true;
           return;
         }
@@ -98,6 +100,7 @@ describe("gRPC transport", () => {
         return { model: request.model, embeddings: request.inputs.map((input) => ({ values: [input.length] })), usage: undefined };
       },
       async listModels(_request, context) {
+        seen.deadline = deadlineOf(context.signal);
         const tag = context.metadata.get("tag-bin");
         return { models: [{ id: tag instanceof Uint8Array ? Buffer.from(tag).toString("hex") : "none", aliases: [], maxContextTokens: 1, workerCount: 1 }] };
       },
@@ -210,6 +213,44 @@ describe("gRPC transport", () => {
       for await (const event of internal.chat(chatRequest("hang"), { deadline: 200 })) void event;
     })().catch((error: unknown) => error);
     expect(internalExpired).toMatchObject({ code: Status.DEADLINE_EXCEEDED, details: expect.stringContaining("deadline of 200 ms") });
+  });
+
+  it("passes a caller's deadline on to the calls its handler makes, and tells a deadline from a cancel", async () => {
+    // A relay in front of the test server, as each hop of the mesh is: its downstream calls get the
+    // handler's signal and a default deadline far longer than the caller's.
+    const downstream = createInternalClient(InferenceServiceDefinition, internalChannel, { internalSecret: secret, defaultDeadlineMs: 60_000 });
+    const relay = createGrpcServer();
+    relay.add(InferenceServiceDefinition, {
+      chat: (request, context) => downstream.chat(request, { signal: context.signal }),
+      complete: (request, context) => downstream.complete(request, { signal: context.signal }),
+      embed: (request, context) => downstream.embed(request, { signal: context.signal }),
+      listModels: (request, context) => downstream.listModels(request, { signal: context.signal }),
+    });
+    const relayChannel = createInternalChannel(`127.0.0.1:${await relay.listen("127.0.0.1", 0)}`);
+    try {
+      // The caller sends its deadline as grpc-timeout, as any gRPC client does.
+      const client = createInternalClient(InferenceServiceDefinition, relayChannel, { internalSecret: secret, defaultDeadlineMs: 60_000 });
+      seen.deadline = undefined;
+      const callerDeadline = Date.now() + 3_000;
+      await client.listModels({}, { deadline: new Date(callerDeadline) });
+      expect(seen.deadline).toBeDefined();
+      expect(seen.deadline!).toBeLessThanOrEqual(callerDeadline + 50);
+      expect(seen.deadline!).toBeGreaterThan(callerDeadline - 1_000);
+
+      // When the deadline passes, the relay cancels its downstream call: the downstream handler's
+      // signal says the deadline passed, not that someone cancelled.
+      seen.cancelled = false;
+      seen.abortReason = undefined;
+      const expired = await (async () => {
+        for await (const event of client.chat(chatRequest("hang"), { deadline: new Date(Date.now() + 300) })) void event;
+      })().catch((error: unknown) => error);
+      expect(expired).toMatchObject({ code: Status.DEADLINE_EXCEEDED });
+      for (let waited = 0; !seen.cancelled && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(seen.abortReason).toBeInstanceOf(CallDeadlineError);
+    } finally {
+      relayChannel.close();
+      await relay.shutdown();
+    }
   });
 
   it("sends the shared secret and trace context as metadata", async () => {
