@@ -54,6 +54,19 @@ describe("a Chat through gateway, orchestrator and inference-broker to a vLLM wo
     expect((arrivals.at(-1) ?? 0) - (arrivals[0] ?? 0)).toBeGreaterThan(150);
   });
 
+  it("answers a repeated deterministic Chat from the broker's cache, unless the caller asks to bypass it", async () => {
+    const request = userSays("the cache remembers butterflies", { sampling: { temperature: 0, stop: [] } });
+    const first = await readChat(gateway().chat(request));
+    expect(first.text).toBe("the cache remembers butterflies");
+    const workerRequests = mesh.simulator.stats.requests;
+    const cached = await readChat(gateway().chat(request));
+    expect(cached.text).toBe(first.text);
+    expect(mesh.simulator.stats.requests).toBe(workerRequests);
+    const bypassed = await readChat(gateway().chat({ ...request, bypassCache: true }));
+    expect(bypassed.text).toBe(first.text);
+    expect(mesh.simulator.stats.requests).toBe(workerRequests + 1);
+  });
+
   it("gives the caller the broker's NOT_FOUND for an unknown model, through two hops", async () => {
     const outcome = await readChat(gateway().chat(userSays("hi", { model: "no-such-model" })));
     expect(outcome.error).toEqual({ code: Status.NOT_FOUND, details: expect.stringContaining('model: "no-such-model" is not served here') });

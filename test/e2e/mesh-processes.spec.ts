@@ -139,6 +139,7 @@ describe("the mesh as separate processes", () => {
       userId: "e2e",
       sessionId: "",
       overrides: undefined,
+      bypassCache: false,
     });
     const agents = () => createClient(AgentServiceDefinition, channel, { "*": { metadata: Metadata({ "x-internal-auth": secret }) } });
 

@@ -23,7 +23,10 @@ export function createGateway(config: GatewayConfig, runtime: ServiceRuntime): S
     GatewayInferenceServiceDefinition,
     createGatewayInferenceService({ agents, inference: createInternalClient(InferenceServiceDefinition, brokerChannel, clientOptions) }),
   );
-  host.add(GatewayAgentServiceDefinition, createGatewayAgentService({ agents }));
+  // Agent runs get their own default deadline: a run is bounded by its agent type's timeout, which
+  // may be longer than DOWNSTREAM_DEADLINE_MS (a caller's own deadline still applies).
+  const agentRuns = createInternalClient(RelayAgentServiceDefinition, orchestratorChannel, { ...clientOptions, defaultDeadlineMs: config.AGENT_RUN_DEADLINE_MS });
+  host.add(GatewayAgentServiceDefinition, createGatewayAgentService({ agents: agentRuns }));
   // Each tool's own timeout is enforced in the tool-runner; DOWNSTREAM_DEADLINE_MS only bounds calls that set no deadline.
   host.add(
     ToolServiceDefinition,

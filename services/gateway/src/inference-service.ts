@@ -41,6 +41,7 @@ export function createGatewayInferenceService(deps: GatewayInferenceDependencies
           userId: request.userId,
           sessionId: request.sessionId,
           overrides: undefined,
+          bypassCache: request.bypassCache,
         },
         { signal: context.signal },
       );

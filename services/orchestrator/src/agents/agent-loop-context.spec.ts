@@ -98,6 +98,7 @@ describe("agent loop with the context service, traced", () => {
     userId: "user-1",
     sessionId: "",
     overrides: undefined,
+    bypassCache: false,
   });
 
   async function run(runner: AgentRunner, agentRequest: RunAgentRequest): Promise<Collected> {

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { brokerConfigSchema, createInferenceBroker } from "@vlinders/inference-broker";
 import { AgentEvent, AgentStatus, ChatEvent, ToolServiceDefinition, type RunAgentRequest, type ToolResult, type Usage } from "@vlinders/proto";
-import { createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, ServiceShutdownError, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
+import { CallDeadlineError, createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, ServiceShutdownError, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
 import { createToolRunner, toolRunnerConfigSchema } from "@vlinders/tool-runner";
 import { countTokens, VllmSimulator } from "@vlinders/vllm-simulator";
 import { Status } from "nice-grpc-common";
@@ -51,6 +51,27 @@ const testAgentTypes = (hookBase: string) => `
     tools: [read_file, list_files]
     workspace_access: read-only
     budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10 }
+  redirected:
+    description: Reads files through in-process hooks that redirect every read and redact digits.
+    max_iterations: 2
+    tools: [read_file]
+    workspace_access: read-only
+    budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10 }
+    hooks:
+      pre_tool_use:
+        - plugin: read-notes-instead
+      post_tool_use:
+        - plugin: redact-digits
+  withheld:
+    description: Reads files through a redacting post_tool_use hook that always fails.
+    max_iterations: 2
+    tools: [read_file]
+    workspace_access: read-only
+    budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10 }
+    hooks:
+      post_tool_use:
+        - plugin: broken-redactor
+        - plugin: redact-digits
   delegator:
     description: Delegates to explore and broken sub-agents.
     max_iterations: 3
@@ -96,6 +117,7 @@ describe("agent loop", () => {
     userId: "user-1",
     sessionId: "",
     overrides: undefined,
+    bypassCache: false,
     ...extra,
   });
 
@@ -185,7 +207,15 @@ describe("agent loop", () => {
       inference: createInternalClient(RelayInferenceServiceDefinition, brokerChannel, { internalSecret, defaultDeadlineMs: 30_000 }),
       tools: createInternalClient(ToolServiceDefinition, toolChannel, { internalSecret, defaultDeadlineMs: 60_000 }),
       catalog: await loadAgentTypeCatalog(agentsConfig, { logger }),
-      hooks: createHookRunner({ registry: createHookRegistry(), logger }),
+      hooks: createHookRunner({
+        registry: createHookRegistry()
+          .register("read-notes-instead", () => ({ decision: "rewrite", argumentsJson: '{"path":"notes.txt"}' }))
+          .register("redact-digits", ({ toolResult }) => ({ decision: "rewrite", result: { output: (toolResult?.output ?? "").replace(/[0-9]/g, "#") } }))
+          .register("broken-redactor", () => {
+            throw new Error("redactor crashed");
+          }),
+        logger,
+      }),
       pluginTools,
       recorder,
       logger,
@@ -271,7 +301,7 @@ describe("agent loop", () => {
   it("refuses an unknown agent type with INVALID_ARGUMENT naming the field and the known types", async () => {
     await expect(run(request("wizard", "hello"))).rejects.toMatchObject({
       code: Status.INVALID_ARGUMENT,
-      details: expect.stringContaining('agent_type: unknown agent type "wizard" (known: brief, broken, chat, delegator, edit, explore, guarded, plan)'),
+      details: expect.stringContaining('agent_type: unknown agent type "wizard" (known: brief, broken, chat, delegator, edit, explore, guarded, plan, redirected, withheld)'),
     });
   });
 
@@ -465,6 +495,31 @@ describe("agent loop", () => {
     expect(outcome.response).not.toContain("4711");
   });
 
+  it("runs a call with the arguments a pre_tool_use hook rewrote, and records those, with the result post_tool_use rewrote", async () => {
+    const { outcome, events } = await run(request("redirected", 'call read_file {"path":"missing.txt"}'));
+    // The event says what the model asked for; the tool ran what the hook made of it.
+    expect(events.find((event) => event.event?.$case === "toolCallRequested")?.event?.value).toMatchObject({ call: { argumentsJson: '{"path":"missing.txt"}' } });
+    const [first] = toolResults(events);
+    expect(first).toMatchObject({ toolName: "read_file", success: true });
+    expect(first?.output).toContain("The launch code is ####.");
+    expect(outcome.response).not.toContain("4711");
+    const [recorded] = recorder.runs.get(outcome.runId)!.toolCalls;
+    expect(recorded).toMatchObject({ toolName: "read_file", argumentsJson: '{"path":"notes.txt"}', success: true });
+    expect(recorded!.resultJson).toContain("####");
+    expect(recorded!.resultJson).not.toContain("4711");
+  });
+
+  it("withholds a tool's output from the model and the record when a post_tool_use hook fails (fail closed)", async () => {
+    const { outcome, events } = await run(request("withheld", 'call read_file {"path":"notes.txt"}'));
+    const [first] = toolResults(events);
+    expect(first).toMatchObject({ toolName: "read_file", success: false, output: "" });
+    expect(first?.error).toContain("redactor crashed");
+    expect(first?.error).toContain("withheld");
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, iterations: 2 });
+    expect(outcome.response).not.toContain("4711");
+    expect(recorder.runs.get(outcome.runId)!.toolCalls[0]!.resultJson).not.toContain("4711");
+  });
+
   it("stops a run that uses up its token budget", async () => {
     const { outcome } = await run(request("explore", 'call read_file {"path":"notes.txt"}', { overrides: { maxTokens: 5, systemPrompt: "" } }));
     expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "budget", iterations: 1 });
@@ -572,6 +627,17 @@ describe("agent loop", () => {
     expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", iterations: 1 });
     expect(outcome.error).toContain("timeout of 1500 ms");
     expect(Date.now() - startedAt).toBeLessThan(4_000);
+  }, 30_000);
+
+  it("records a run whose caller's deadline passed as timed out, not cancelled", async () => {
+    const controller = new AbortController();
+    // What the transport does when a call's grpc-timeout passes.
+    const deadline = setTimeout(() => controller.abort(new CallDeadlineError(800)), 800);
+    const { outcome } = await run(request("edit", `call run_command ${JSON.stringify({ command: "sleep 5" })}`, { overrides: { systemPrompt: "" } }), { signal: controller.signal });
+    clearTimeout(deadline);
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", iterations: 1 });
+    expect(outcome.error).toContain("the caller's deadline of 800 ms passed");
+    expect(recorder.runs.get(outcome.runId)?.finished).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout" });
   }, 30_000);
 
   it("records a run its service's shutdown cut off as interrupted, and the tool call that did finish", async () => {

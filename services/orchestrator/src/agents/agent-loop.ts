@@ -16,7 +16,7 @@ import {
   type ToolServiceClient,
   type Usage,
 } from "@vlinders/proto";
-import { linkSignals, ServiceShutdownError, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
+import { CallDeadlineError, linkSignals, ServiceShutdownError, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
 import type { Client } from "nice-grpc";
 import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
@@ -532,6 +532,10 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         if (signal.reason instanceof ServiceShutdownError) {
           return await finish({ status: AgentStatus.AGENT_STATUS_INTERRUPTED, stopReason: interruptedStopReason, error: "" });
         }
+        // The caller's gRPC deadline passed: the run ran out of time, nobody cancelled it.
+        if (signal.reason instanceof CallDeadlineError) {
+          return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", error: signal.reason.message });
+        }
         return await finish({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled", error: "" });
       }
       const reason = error instanceof Error ? ((error as { details?: string }).details ?? error.message) : String(error);
@@ -556,7 +560,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     const turn: ModelTurn = { content: "", toolCalls: [], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, usage: undefined };
     const calls = new Map<number, ToolCall>();
     const events = deps.inference.chat(
-      { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: false },
+      { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: request.bypassCache },
       { signal },
     );
     for await (const encoded of events) {
@@ -603,7 +607,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     signal: AbortSignal,
   ): Promise<ModelTurn> {
     const response = await deps.inference.complete(
-      { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: false },
+      { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: request.bypassCache },
       { signal },
     );
     return {
@@ -708,6 +712,14 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       return { kind: "done", refusedByBudget: true, result: failed(step.calls[index]!, `budget: the run has used all of its ${step.budget.limits.maxToolCalls} tool calls`) };
     });
 
+    // What ran: after a pre_tool_use rewrite, the post_tool_use hooks and the record see the
+    // arguments the tool ran with, not the model's (an audit trail of what was really done).
+    const ranCall = (index: number): ToolCall => {
+      const call = step.calls[index]!;
+      const entry = toRun[index];
+      return entry?.kind === "run" && entry.argumentsJson !== call.argumentsJson ? { ...call, argumentsJson: entry.argumentsJson } : call;
+    };
+
     // 3. Run them: the tool-runner's in one ExecuteBatch, plugins and sub-agents beside it.
     const startedAt = new Date();
     const runnerIndexes: number[] = [];
@@ -769,7 +781,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       // (an edit was made, a sub-agent answered): their records are kept.
       await Promise.all(
         settledAll.map(async (entry, index) => {
-          const call = step.calls[index]!;
+          const call = ranCall(index);
           if (entry.status !== "fulfilled" || entry.value === undefined || toRun[index]?.kind !== "run") return;
           // Through post_tool_use as on the way to the model: a hook that redacts a result must
           // redact what is stored too. The run's signal is spent; the record's deadline bounds it.
@@ -793,10 +805,10 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       }
       const result =
         entry.kind === "run"
-          ? await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: call }), raw, signalOf(index))
+          ? await deps.hooks.postToolUse(agentType.hooks.post_tool_use, step.hookPayload("post_tool_use", { toolCall: ranCall(index) }), raw, signalOf(index))
           : raw;
       await send({ $case: "toolResult", value: result });
-      await recorder.toolCalled(toolCallRecord(step, index, call, result, startedAt), recordSignal());
+      await recorder.toolCalled(toolCallRecord(step, index, ranCall(index), result, startedAt), recordSignal());
       outcomes.push({ call, result, refusedByBudget: entry.kind === "done" && entry.refusedByBudget });
       // A failed tool is the model's to handle, not an error of the run: an attribute, not the span's status.
       spans[index]?.span.setAttributes({ success: result.success, "tool.duration_ms": result.durationMs, ...(result.success ? {} : { "tool.error": result.error.slice(0, 200) }) });
@@ -870,6 +882,8 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
               userId: step.request.userId,
               sessionId: step.request.sessionId,
               overrides: undefined,
+              // A child answers from the worker as its parent does.
+              bypassCache: step.request.bypassCache,
             },
             // A child's model deltas stay out of its parent's stream: interleaved with the parent's
             // they would garble a consumer that concatenates model events; its other events go through.

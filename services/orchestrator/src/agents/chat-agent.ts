@@ -66,6 +66,7 @@ export async function* runChatAgent(
       sampling: request.sampling,
       userId: request.userId,
       sessionId: request.sessionId,
+      bypassCache: request.bypassCache,
     },
     { signal },
   );

@@ -137,9 +137,20 @@ describe("hooks", () => {
     await expect(hooks.preToolUse([plugin("missing")], payload, signal)).resolves.toMatchObject({ allowed: false, reason: expect.stringContaining("is not registered") });
   });
 
-  it("lets post_tool_use rewrite a result, and skips a failing one", async () => {
-    const rewritten = await hooks.postToolUse([webhook("/error"), webhook("/redact")], { ...payload, event: "post_tool_use" }, result, AbortSignal.timeout(5_000));
+  it("lets post_tool_use rewrite a result", async () => {
+    const rewritten = await hooks.postToolUse([webhook("/allow"), webhook("/redact")], { ...payload, event: "post_tool_use" }, result, AbortSignal.timeout(5_000));
     expect(rewritten).toEqual({ ...result, output: "secret=[redacted]" });
+  });
+
+  it.each([
+    ["errors", "/error", 2_000],
+    ["times out", "/slow", 100],
+  ])("withholds the tool's output when a post_tool_use webhook %s (fail closed)", async (_, path, timeoutMs) => {
+    // The redacting hook comes after the failing one: the raw output must not get past the failure.
+    const withheld = await hooks.postToolUse([webhook(path, timeoutMs), webhook("/redact")], { ...payload, event: "post_tool_use" }, result, AbortSignal.timeout(5_000));
+    expect(withheld).toMatchObject({ callId: result.callId, toolName: result.toolName, success: false, output: "", resultJson: "" });
+    expect(withheld.error).toContain("output is withheld");
+    expect(JSON.stringify(withheld)).not.toContain("secret");
   });
 
   it("logs a failing on_finish hook and goes on", async () => {

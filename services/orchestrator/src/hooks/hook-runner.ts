@@ -34,7 +34,11 @@ export interface HookRunner {
    * registered denies the call.
    */
   preToolUse(targets: readonly HookTarget[], payload: HookPayload, signal: AbortSignal): Promise<PreToolUseOutcome>;
-  /** The post_tool_use hooks in order; each may rewrite the result. A failing one is logged and skipped. */
+  /**
+   * The post_tool_use hooks in order; each may rewrite the result. Fail closed: when one throws or
+   * times out, the tool's output is withheld (a redaction hook that failed must not let the raw
+   * output reach the model or the records) and the result says the call's outcome is unknown.
+   */
   postToolUse(targets: readonly HookTarget[], payload: HookPayload, result: ToolResult, signal: AbortSignal): Promise<ToolResult>;
   /** on_iteration and on_finish: told, not asked. A failing hook is logged; the run goes on. */
   notify(targets: readonly HookTarget[], payload: HookPayload, signal: AbortSignal): Promise<void>;
@@ -60,6 +64,11 @@ async function readCapped(response: Response, limit: number): Promise<string> {
   const text = await readLimitedBody(response, limit);
   if (text === undefined) throw new Error(`answered more than the ${limit} bytes a hook may`);
   return text;
+}
+
+/** A result with nothing of the tool's output left in it: only what identifies the call. */
+function withheldResult(result: ToolResult, reason: string): ToolResult {
+  return { callId: result.callId, toolName: result.toolName, success: false, output: "", resultJson: "", error: reason, durationMs: result.durationMs, truncated: false };
 }
 
 /** Builds the HookRunner over the in-process registry and HTTP webhooks (fetch, POST JSON). */
@@ -133,7 +142,9 @@ export function createHookRunner(deps: HookRunnerDependencies): HookRunner {
           const decision = await call(target, { ...payload, toolResult: current }, signal);
           if (decision.decision === "rewrite" && decision.result) current = { ...current, ...decision.result };
         } catch (error: unknown) {
-          deps.logger.warn({ err: error, runId: payload.runId, hook: describe(target) }, `post_tool_use hook skipped: ${failure(target, error, signal)}`);
+          const reason = failure(target, error, signal);
+          deps.logger.warn({ err: error, runId: payload.runId, hook: describe(target) }, `post_tool_use withheld the tool's output (fail closed): ${reason}`);
+          return withheldResult(current, `${reason}; the tool ran, but its output is withheld (a failing post_tool_use hook withholds it)`);
         }
       }
       return current;

@@ -99,7 +99,11 @@ export interface RunAgentRequest {
   sampling: SamplingParams | undefined;
   userId: string;
   sessionId: string;
-  overrides: AgentOverrides | undefined;
+  overrides:
+    | AgentOverrides
+    | undefined;
+  /** Every model call of the run goes to a worker, even when the broker's cache holds its answer. */
+  bypassCache: boolean;
 }
 
 /** Per-run overrides of the agent type's configuration. Unset fields keep the configured value. */
@@ -272,6 +276,7 @@ function createBaseRunAgentRequest(): RunAgentRequest {
     userId: "",
     sessionId: "",
     overrides: undefined,
+    bypassCache: false,
   };
 }
 
@@ -306,6 +311,9 @@ export const RunAgentRequest: MessageFns<RunAgentRequest> = {
     }
     if (message.overrides !== undefined) {
       AgentOverrides.encode(message.overrides, writer.uint32(82).fork()).join();
+    }
+    if (message.bypassCache !== false) {
+      writer.uint32(88).bool(message.bypassCache);
     }
     return writer;
   },
@@ -403,6 +411,14 @@ export const RunAgentRequest: MessageFns<RunAgentRequest> = {
             message.overrides = AgentOverrides.decode(reader, reader.uint32());
             continue;
           }
+          case 11: {
+            if (tag !== 88) {
+              break;
+            }
+
+            message.bypassCache = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -443,6 +459,11 @@ export const RunAgentRequest: MessageFns<RunAgentRequest> = {
         ? globalThis.String(object.session_id)
         : "",
       overrides: isSet(object.overrides) ? AgentOverrides.fromJSON(object.overrides) : undefined,
+      bypassCache: isSet(object.bypassCache)
+        ? globalThis.Boolean(object.bypassCache)
+        : isSet(object.bypass_cache)
+        ? globalThis.Boolean(object.bypass_cache)
+        : false,
     };
   },
 
@@ -478,6 +499,9 @@ export const RunAgentRequest: MessageFns<RunAgentRequest> = {
     if (message.overrides !== undefined) {
       obj.overrides = AgentOverrides.toJSON(message.overrides);
     }
+    if (message.bypassCache !== false) {
+      obj.bypassCache = message.bypassCache;
+    }
     return obj;
   },
 
@@ -500,6 +524,7 @@ export const RunAgentRequest: MessageFns<RunAgentRequest> = {
     message.overrides = (object.overrides !== undefined && object.overrides !== null)
       ? AgentOverrides.fromPartial(object.overrides)
       : undefined;
+    message.bypassCache = object.bypassCache ?? false;
     return message;
   },
 };
