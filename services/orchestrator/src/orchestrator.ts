@@ -22,6 +22,9 @@ import { createPostgresRunStore } from "./runs/postgres-run-store";
 import { startRunSweeper } from "./runs/run-sweeper";
 import { createWriteBehindRecorder } from "./runs/write-behind-recorder";
 
+/** How long the start waits for the run records' migrations (and the lock other replicas may hold). */
+const migrationDeadlineMs = 60_000;
+
 /** The composed orchestrator: its host, and the catalog that SIGHUP reloads. */
 export interface Orchestrator {
   host: ServiceHost;
@@ -44,15 +47,35 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
     logger,
     service: runtime.service,
   });
-  await runMigrations(database.pool, { scope: orchestratorMigrationScope, migrations: orchestratorMigrations });
-  const store = createPostgresRunStore({ pool: database.pool, owner: config.ORCHESTRATOR_REPLICA_ID, logger });
-  const sweeper = await startRunSweeper({ store, logger });
-  if (sweeper.recovered.length > 0) logger.warn({ runs: sweeper.recovered }, "runs this replica left running before it stopped are marked interrupted");
+  // What is opened before the service is up is closed again if the start fails after it: a
+  // failed start must not leave connections (or a PGlite) holding the process open.
+  const openedSoFar: Array<() => Promise<void>> = [() => database.close()];
+  const closeOpened = async () => {
+    for (const close of openedSoFar.reverse()) await close().catch(() => undefined);
+  };
+  let store, sweeper, redisConnection, activeRuns, canceller;
+  try {
+    // Bounded: another replica holding the migration lock (or a database that does not answer) must
+    // fail the start with a clear error, not hang it.
+    await runMigrations(database.pool, { scope: orchestratorMigrationScope, migrations: orchestratorMigrations, logger, signal: AbortSignal.timeout(migrationDeadlineMs) });
+    const runStore = createPostgresRunStore({ pool: database.pool, owner: config.ORCHESTRATOR_REPLICA_ID, logger });
+    store = runStore;
+    openedSoFar.push(() => runStore.close());
+    const runSweeper = await startRunSweeper({ store, logger });
+    sweeper = runSweeper;
+    openedSoFar.push(() => runSweeper.stop());
+    if (sweeper.recovered.length > 0) logger.warn({ runs: sweeper.recovered }, "runs this replica left running before it stopped are marked interrupted");
 
-  const redisConnection = config.REDIS_URL === undefined ? undefined : createRedisConnection(config.REDIS_URL, { logger, name: "orchestrator" });
-  if (redisConnection && !(await redisConnection.ready(2_000))) logger.warn("Redis is not reachable yet: CancelAgent reaches only this replica's runs until it is");
-  const activeRuns = createActiveRuns();
-  const canceller = await createRunCanceller({ activeRuns, store, logger, ...(redisConnection ? { redis: redisConnection.redis } : {}) });
+    const redis = config.REDIS_URL === undefined ? undefined : createRedisConnection(config.REDIS_URL, { logger, name: "orchestrator" });
+    redisConnection = redis;
+    if (redis) openedSoFar.push(() => redis.close());
+    if (redis && !(await redis.ready(2_000))) logger.warn("Redis is not reachable yet: CancelAgent reaches only this replica's runs until it is");
+    activeRuns = createActiveRuns();
+    canceller = await createRunCanceller({ activeRuns, store, logger, ...(redis ? { redis: redis.redis } : {}) });
+  } catch (error: unknown) {
+    await closeOpened();
+    throw error;
+  }
 
   const brokerChannel = createInternalChannel(config.INFERENCE_BROKER_ADDRESS);
   const toolRunnerChannel = createInternalChannel(config.TOOL_RUNNER_ADDRESS);
