@@ -3,7 +3,7 @@ import importX from "eslint-plugin-import-x";
 import tseslint from "typescript-eslint";
 
 export default tseslint.config(
-  { ignores: ["**/dist/**", "**/node_modules/**", "libs/proto/src/gen/**", "**/*.js", "**/*.mjs", "test/clients/**"] },
+  { ignores: ["**/dist/**", "**/node_modules/**", "libs/proto/src/gen/**", "**/*.js", "**/*.mjs", "**/*.cjs", "test/clients/**"] },
   {
     files: ["**/*.ts"],
     extends: [tseslint.configs.base],

@@ -215,6 +215,53 @@ describe("the orchestrator's AgentService", () => {
   });
 });
 
+describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
+  let mesh: InProcessMesh;
+  let channel: Channel;
+
+  beforeAll(async () => {
+    mesh = await startInProcessMesh({ orchestratorEnv: { ORCHESTRATOR_PLUGINS: join(__dirname, "../configs/plugins/example-plugin.cjs") } });
+    channel = createChannel(mesh.gatewayAddress);
+  });
+
+  afterAll(async () => {
+    channel.close();
+    await mesh.stop();
+  });
+
+  const counterRun = (instruction: string) => ({
+    agentType: "counter",
+    instruction,
+    // Plugin tools get the run's workspace too (this one ignores it).
+    workspaceId: "notes",
+    model: "",
+    history: [],
+    tools: [],
+    sampling: undefined,
+    userId: "",
+    sessionId: "",
+    overrides: undefined,
+    bypassCache: false,
+  });
+
+  it("runs the plugin's agent type with its in-process tool, through the gateway", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    const events = [];
+    for await (const event of agents.streamAgent(counterRun('call word_count {"text":"one two three"}'))) events.push(event);
+    const result = events.find((event) => event.event?.$case === "toolResult")?.event?.value;
+    expect(result).toMatchObject({ toolName: "word_count", success: true, output: "3" });
+    expect(events.at(-1)?.event).toMatchObject({ $case: "runFinished", value: { stopReason: "completed", iterations: 2 } });
+  });
+
+  it("lets the plugin's pre_tool_use hook deny a call", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    const events = [];
+    for await (const event of agents.streamAgent(counterRun('call word_count {"text":"cat .env"}'))) events.push(event);
+    const result = events.find((event) => event.event?.$case === "toolResult")?.event?.value;
+    expect(result).toMatchObject({ toolName: "word_count", success: false, error: expect.stringContaining(".env files hold secrets") });
+  });
+});
+
 describe("a worker that cannot be reached", () => {
   let directory: string;
   let mesh: InProcessMesh;

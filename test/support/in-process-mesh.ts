@@ -19,7 +19,7 @@ export interface InProcessMesh {
  * simulator <- inference-broker <- orchestrator <- gateway.
  */
 export async function startInProcessMesh(
-  options: { simulator?: Partial<VllmSimulatorOptions>; brokerEnv?: NodeJS.ProcessEnv } = {},
+  options: { simulator?: Partial<VllmSimulatorOptions>; brokerEnv?: NodeJS.ProcessEnv; orchestratorEnv?: NodeJS.ProcessEnv } = {},
 ): Promise<InProcessMesh> {
   const simulator = new VllmSimulator({ timeToFirstTokenMs: 5, interTokenLatencyMs: 2, ...options.simulator });
   const hosts: ServiceHost[] = [];
@@ -39,7 +39,7 @@ export async function startInProcessMesh(
     );
     const brokerAddress = await listen(broker.host);
     const orchestrator = await createOrchestrator(
-      loadConfig(orchestratorConfigSchema, { ...common, ...database, INFERENCE_BROKER_ADDRESS: brokerAddress }),
+      loadConfig(orchestratorConfigSchema, { ...common, ...database, INFERENCE_BROKER_ADDRESS: brokerAddress, ...options.orchestratorEnv }),
       createInProcessRuntime("orchestrator", { internalSecret: meshSecret }),
     );
     const orchestratorAddress = await listen(orchestrator.host);

@@ -10,6 +10,11 @@ export function bindDeadline(signal: AbortSignal, deadline: number): void {
   deadlines.set(signal, deadline);
 }
 
+/** Work under `signal` no longer ends with its caller's deadline (work shared by several callers). */
+export function unbindDeadline(signal: AbortSignal): void {
+  deadlines.delete(signal);
+}
+
 /** The deadline (epoch ms) bound to `signal`, if its call has one. */
 export function deadlineOf(signal: AbortSignal | undefined): number | undefined {
   return signal === undefined ? undefined : deadlines.get(signal);

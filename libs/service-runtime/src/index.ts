@@ -7,7 +7,7 @@ export * from "./tracing";
 export * from "./client";
 export * from "./service-host";
 export { ServiceShutdownError } from "./shutdown-error";
-export { CallDeadlineError, deadlineOf } from "./call-deadline";
+export { CallDeadlineError, deadlineOf, unbindDeadline } from "./call-deadline";
 export * from "./run-service";
 export { internalAuthHeader } from "./middleware/internal-auth";
 export * from "./bootstrap";

@@ -17,6 +17,11 @@ export const orchestratorConfigSchema = z.object({
   CONTEXT_CALL_DEADLINE_MS: millisecondsVariable(30_000),
   /** Longest a model call may take when the caller set no shorter deadline. */
   MODEL_CALL_DEADLINE_MS: millisecondsVariable(600_000),
+  /**
+   * Plugin modules (comma-separated paths, relative to the working directory), each exporting
+   * `register({ hooks, tools, agentTypes })`: in-process hooks, tools and agent types.
+   */
+  ORCHESTRATOR_PLUGINS: z.string().default(""),
   /** The agent types; SIGHUP re-reads the file (an invalid one keeps the types as they were). */
   AGENTS_CONFIG: z.string().default("configs/agents.yaml"),
   /** Agent runs executing at once in this replica; more wait in a queue that is fair across users. */

@@ -14,8 +14,8 @@ import { createAgentRunner } from "./agents/agent-loop";
 import { loadAgentTypeCatalog, type AgentTypeCatalog } from "./agents/agent-types";
 import { RelayInferenceServiceDefinition } from "./agents/chat-agent";
 import type { OrchestratorConfig } from "./config";
-import { createHookRegistry, createHookRunner } from "./hooks/hook-runner";
-import { createPluginToolRegistry } from "./plugins/plugin-tools";
+import { createHookRunner } from "./hooks/hook-runner";
+import { loadPluginModules } from "./plugins/plugin-modules";
 import { createActiveRuns, createRunCanceller } from "./runs/active-runs";
 import { orchestratorMigrations, orchestratorMigrationScope } from "./runs/migrations";
 import { createPostgresRunStore } from "./runs/postgres-run-store";
@@ -40,7 +40,10 @@ export interface Orchestrator {
  */
 export async function createOrchestrator(config: OrchestratorConfig, runtime: ServiceRuntime): Promise<Orchestrator> {
   const { logger } = runtime;
-  const catalog = await loadAgentTypeCatalog(config.AGENTS_CONFIG, { logger });
+  // Plugins first: agents.yaml may name their hooks, which are checked as the file is read.
+  const plugins = await loadPluginModules(config.ORCHESTRATOR_PLUGINS);
+  const catalog = await loadAgentTypeCatalog(config.AGENTS_CONFIG, { logger, hookPlugins: plugins.hooks });
+  for (const definition of plugins.agentTypes) catalog.register(definition);
 
   const database = await openDatabase({
     ...databaseOptionsFrom(config),
@@ -88,8 +91,8 @@ export async function createOrchestrator(config: OrchestratorConfig, runtime: Se
     inference,
     tools: createInternalClient(ToolServiceDefinition, toolRunnerChannel, clientOptions),
     catalog,
-    hooks: createHookRunner({ registry: createHookRegistry(), logger }),
-    pluginTools: createPluginToolRegistry(),
+    hooks: createHookRunner({ registry: plugins.hooks, logger }),
+    pluginTools: plugins.tools,
     recorder: createWriteBehindRecorder(store, logger),
     activeRuns,
     logger,

@@ -202,6 +202,9 @@ describe("agent loop", () => {
       { name: "shout", description: "Upper-cases a text.", parametersJsonSchema: JSON.stringify({ type: "object", properties: { text: { type: "string" } } }) },
       async (args) => ({ success: true, output: String(args.text).toUpperCase() }),
       { agentTypes: ["explore"] },
+    ).registerTool(
+      { name: "stamp", description: "Writes a stamp (registered for every agent type).", parametersJsonSchema: "{}" },
+      async () => ({ success: true, output: "stamped" }),
     );
     runnerDeps = {
       inference: createInternalClient(RelayInferenceServiceDefinition, brokerChannel, { internalSecret, defaultDeadlineMs: 30_000 }),
@@ -478,6 +481,14 @@ describe("agent loop", () => {
     const { outcome } = await run(request("explore", steps.join(" then ")));
     expect(outcome).toMatchObject({ stopReason: "stuck", iterations: 4 });
     expect(outcome.error).toContain("every tool call failed");
+  });
+
+  it("offers a plugin tool registered for every type only to types that may use any tool or list it", async () => {
+    expect(await runner.allowedToolNames("edit", AbortSignal.timeout(10_000))).toContain("stamp");
+    // explore lists its tools: it gets the plugin registered for it by name, not the one for everybody.
+    const explore = await runner.allowedToolNames("explore", AbortSignal.timeout(10_000));
+    expect(explore).toContain("shout");
+    expect(explore).not.toContain("stamp");
   });
 
   it("runs a plugin tool in process", async () => {

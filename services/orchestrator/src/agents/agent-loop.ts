@@ -16,7 +16,7 @@ import {
   type ToolServiceClient,
   type Usage,
 } from "@vlinders/proto";
-import { CallDeadlineError, linkSignals, ServiceShutdownError, startSignalSpan, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
+import { CallDeadlineError, linkSignals, ServiceShutdownError, startSignalSpan, unbindDeadline, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
 import type { Client } from "nice-grpc";
 import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
@@ -264,9 +264,10 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       // Shared by every run that asks while it is in flight, so only its own deadline may end it:
       // with the first caller's signal, that caller's cancel would fail all the others. A link to
       // the caller's signal disposed at once keeps its trace context (the call stays in the first
-      // caller's trace) and drops its cancel.
+      // caller's trace) and drops its cancel, and its deadline.
       const traced = linkSignals(signal);
       traced.dispose();
+      unbindDeadline(traced.signal);
       const { signal: callSignal, dispose } = linkSignals(traced.signal, AbortSignal.timeout(limits.listToolsDeadlineMs));
       listing = deps.tools
         .listTools({ agentType: agentType.toolAgentType }, { signal: callSignal })
@@ -282,9 +283,12 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
   }
 
   function pluginToolsOf(agentType: AgentType): ToolDefinition[] {
-    const hasTools = agentType.tools === "*" || agentType.tools.length > 0;
+    // A tool registered for every type goes to those that may use any tool, or name it in their
+    // tools list: a read-only type listing its tools must not get a plugin that writes. A tool
+    // registered for named types goes to those, as its author decided.
+    const { tools } = agentType;
     return (deps.pluginTools?.forAgentType(agentType.name) ?? [])
-      .filter((tool) => hasTools || tool.agentTypes !== "*")
+      .filter((tool) => tool.agentTypes !== "*" || tools === "*" || tools.includes(tool.definition.name))
       .map((tool) => tool.definition);
   }
 

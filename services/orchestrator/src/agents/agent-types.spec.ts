@@ -3,6 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createLogger } from "@vlinders/service-runtime";
 import { Status } from "nice-grpc-common";
+import { createHookRegistry } from "../hooks/hook-runner";
 import { agentTypeInfo, loadAgentTypeCatalog, parseAgentTypes } from "./agent-types";
 
 const rootDir = join(__dirname, "../../../..");
@@ -96,6 +97,23 @@ describe("agent types", () => {
     const catalog = await loadAgentTypeCatalog(path, { logger });
     expect(() => catalog.require("wizard")).toThrow(expect.objectContaining({ code: Status.INVALID_ARGUMENT, details: 'agent_type: unknown agent type "wizard" (known: explore)' }));
     expect(() => catalog.require("")).toThrow(expect.objectContaining({ code: Status.INVALID_ARGUMENT, details: "agent_type: is required (known: explore)" }));
+  });
+
+  it("refuses a hook plugin that is not registered, naming its line, at start and at reload", async () => {
+    const hooks = createHookRegistry().register("audit", () => undefined);
+    const withHook = (plugin: string) => minimal(`    hooks:\n      post_tool_use:\n        - plugin: ${plugin}\n`);
+    expect(parseAgentTypes(withHook("audit"), "agents.yaml", new Map(), hooks).get("explore")?.hooks.post_tool_use).toHaveLength(1);
+    expect(() => parseAgentTypes(withHook("audti"), "agents.yaml", new Map(), hooks)).toThrow(
+      /^agents\.yaml:10: agents\.explore\.hooks\.post_tool_use\.0\.plugin: hook plugin "audti" is not registered/,
+    );
+    const path = join(dir, "agents.yaml");
+    await writeFile(path, withHook("audit"));
+    const catalog = await loadAgentTypeCatalog(path, { logger, hookPlugins: hooks });
+    await writeFile(path, withHook("audti"));
+    await expect(catalog.reload()).resolves.toMatchObject({ ok: false, error: expect.stringContaining('hook plugin "audti" is not registered') });
+    expect(() => catalog.register({ name: "coded", description: "x", maxIterations: 1, toolAgentType: "explore", hooks: { pre_tool_use: [{ kind: "plugin", plugin: "nope" }], post_tool_use: [], on_iteration: [], on_finish: [] } })).toThrow(
+      'agent type "coded": hooks.pre_tool_use: hook plugin "nope" is not registered',
+    );
   });
 
   it("reloads a valid file, and keeps the previous types when the new file is invalid", async () => {

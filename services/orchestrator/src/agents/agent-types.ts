@@ -136,8 +136,18 @@ const codeDefaults = {
   hooks: noHooks,
 } as const;
 
+/** Which in-process hooks exist: a `{plugin: name}` naming none is refused when the file is read. */
+export interface HookPluginNames {
+  get(name: string): unknown;
+}
+
 /** Parses an agents file; every problem names `source`, the key path and the line. */
-export function parseAgentTypes(text: string, source: string, codeTypes: ReadonlyMap<string, AgentType> = new Map()): Map<string, AgentType> {
+export function parseAgentTypes(
+  text: string,
+  source: string,
+  codeTypes: ReadonlyMap<string, AgentType> = new Map(),
+  hookPlugins?: HookPluginNames,
+): Map<string, AgentType> {
   const parsed = parseYamlFile(text, source);
   if ("error" in parsed) throw new AgentTypesConfigError(parsed.error);
   const validated = validateYamlFile(agentsFileSchema, parsed.file);
@@ -168,6 +178,19 @@ export function parseAgentTypes(text: string, source: string, codeTypes: Readonl
       source: "file",
     });
   }
+  // A hook plugin nobody registered would deny every call of the type at run time (fail closed):
+  // a typo in the file is refused now, with its line, instead.
+  if (hookPlugins) {
+    for (const [name, agent] of types) {
+      for (const [event, targets] of Object.entries(agent.hooks)) {
+        targets.forEach((target, index) => {
+          if (target.kind === "plugin" && hookPlugins.get(target.plugin) === undefined) {
+            throw new AgentTypesConfigError(file.describe(["agents", name, "hooks", event, index, "plugin"], `hook plugin "${target.plugin}" is not registered (see ORCHESTRATOR_PLUGINS)`));
+          }
+        });
+      }
+    }
+  }
   // Checked once the whole file is read: a type may name one defined further down.
   for (const [name, agent] of types) {
     agent.subagents.forEach((subagent, index) => {
@@ -197,9 +220,10 @@ function toHookTarget(target: z.infer<typeof hookTargetSchema>): HookTarget {
  * Reads the agents file (AGENTS_CONFIG) and returns the catalog; an unreadable or invalid file
  * throws an AgentTypesConfigError naming the file, key path and line, so the service refuses to start.
  */
-export async function loadAgentTypeCatalog(path: string, options: { logger: Logger }): Promise<AgentTypeCatalog> {
+export async function loadAgentTypeCatalog(path: string, options: { logger: Logger; hookPlugins?: HookPluginNames }): Promise<AgentTypeCatalog> {
   const codeTypes = new Map<string, AgentType>();
-  let fileTypes = parseAgentTypes(await readAgentsFile(path), path, codeTypes);
+  const { hookPlugins } = options;
+  let fileTypes = parseAgentTypes(await readAgentsFile(path), path, codeTypes, hookPlugins);
   let version = 1;
   let merged = merge(fileTypes, codeTypes);
 
@@ -218,7 +242,7 @@ export async function loadAgentTypeCatalog(path: string, options: { logger: Logg
     list: () => [...merged.values()].sort((a, b) => a.name.localeCompare(b.name)),
     async reload() {
       try {
-        fileTypes = parseAgentTypes(await readAgentsFile(path), path, codeTypes);
+        fileTypes = parseAgentTypes(await readAgentsFile(path), path, codeTypes, hookPlugins);
       } catch (error: unknown) {
         const message = error instanceof Error ? error.message : String(error);
         options.logger.error({ err: error }, `agent types not reloaded, the previous ones stay in use: ${message}`);
@@ -243,6 +267,13 @@ export async function loadAgentTypeCatalog(path: string, options: { logger: Logg
         }
       }
       if (agentType.budgets.timeoutMs > maxTimeoutMs) throw new Error(`agent type "${definition.name}": budgets.timeoutMs must be at most ${maxTimeoutMs}`);
+      for (const [event, targets] of Object.entries(agentType.hooks)) {
+        for (const target of targets) {
+          if (target.kind === "plugin" && hookPlugins && hookPlugins.get(target.plugin) === undefined) {
+            throw new Error(`agent type "${definition.name}": hooks.${event}: hook plugin "${target.plugin}" is not registered`);
+          }
+        }
+      }
       codeTypes.set(definition.name, agentType);
       merged = merge(fileTypes, codeTypes);
       version += 1;
