@@ -10,6 +10,7 @@ import {
 } from "@vlinders/proto";
 import { createInProcessRuntime, loadConfig, type ServiceRuntime } from "@vlinders/service-runtime";
 import { VllmSimulator, type VllmSimulatorOptions } from "@vlinders/vllm-simulator";
+import { isAbortError } from "abort-controller-x";
 import { createChannel, createClient, Metadata, Status, type Channel } from "nice-grpc";
 import { ClientError } from "nice-grpc-common";
 import { brokerConfigSchema } from "./config";
@@ -48,6 +49,8 @@ async function read(stream: AsyncIterable<ChatEvent>, onEvent?: (event: ChatEven
       onEvent?.(event);
     }
   } catch (error: unknown) {
+    // Only `within` aborts calls here: the broker let the call run past the test's deadline.
+    if (isAbortError(error)) throw new Error(`no answer in time: the call was given up after ${events.length} events`, { cause: error });
     if (!(error instanceof ClientError)) throw error;
     return { events, text: textOf(events), error };
   }
@@ -117,10 +120,30 @@ async function startFleet(
 
 const requestsOf = (fleet: Fleet) => Object.fromEntries(Object.entries(fleet.simulators).map(([id, simulator]) => [id, simulator.stats.requests]));
 
+/** Call options that give up on a call after `ms`: a broker that hangs fails the test instead of stalling it. */
+const within = (ms: number) => ({ signal: AbortSignal.timeout(ms) });
+
+/** Polls until `condition` holds; fails naming `what` once `timeoutMs` have passed. */
+async function waitFor(condition: () => boolean, what: string, timeoutMs = 2_000): Promise<void> {
+  const deadline = performance.now() + timeoutMs;
+  while (!condition()) {
+    if (performance.now() > deadline) throw new Error(`gave up after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+/**
+ * A model routed round-robin: the requests alternate between the workers whatever their prompts.
+ * Fault tests need it, since with prefix affinity (the default) requests with the same prompt all
+ * go to one worker, and idle workers tie on load in favour of the first: a faulty worker would
+ * then never be called, or be called by every request.
+ */
+const roundRobin = "    routing: { policy: round-robin }";
+
 describe("failover before the first token, never after", () => {
   let fleet: Fleet;
   beforeEach(async () => {
-    fleet = await startFleet({ a: {}, b: {} }, { env: { WORKER_FIRST_TOKEN_TIMEOUT_MS: "300", EJECT_AFTER_FAILURES: "1000" } });
+    fleet = await startFleet({ a: {}, b: {} }, { env: { EJECT_AFTER_FAILURES: "1000" } });
   });
   afterEach(async () => fleet.stop());
 
@@ -130,13 +153,6 @@ describe("failover before the first token, never after", () => {
     expect(outcomes.map((outcome) => outcome.error)).toEqual(Array(6).fill(undefined));
     expect(outcomes.map((outcome) => outcome.text)).toEqual(Array.from({ length: 6 }, (_, index) => `request number ${index}`));
     expect(fleet.simulators.a!.stats.requests).toBeGreaterThan(0);
-  });
-
-  it("does not let a hung worker stall requests: they time out on it and move on", async () => {
-    fleet.simulators.a!.injectFaults({ failureRate: 1, kinds: ["hang"] });
-    const outcomes = await Promise.all(Array.from({ length: 4 }, () => read(fleet.inference.chat(ask("still answered")))));
-    for (const outcome of outcomes) expect(outcome).toMatchObject({ text: "still answered" });
-    expect(outcomes.every((outcome) => outcome.error === undefined)).toBe(true);
   });
 
   it("ends a stream that already has text with the worker's failure instead of repeating text elsewhere", async () => {
@@ -153,41 +169,88 @@ describe("failover before the first token, never after", () => {
   });
 });
 
-describe("a worker killed mid-load", () => {
-  it("ends its streams with UNAVAILABLE and a clear message, and later requests succeed elsewhere", async () => {
-    const fleet = await startFleet({ a: { interTokenLatencyMs: 40 }, b: { interTokenLatencyMs: 40 } }, { env: { EJECT_AFTER_FAILURES: "1" } });
+describe("a hung worker", () => {
+  /**
+   * Sends four requests with the same prompt, round-robin over a hung worker a and a healthy b, and
+   * checks that each answer came from b while a really got half the requests and was let go.
+   */
+  async function expectFailoverFrom(kind: "hang" | "hang_before_headers", env: NodeJS.ProcessEnv, expectedError: string): Promise<void> {
+    const fleet = await startFleet({ a: {}, b: {} }, { modelExtras: roundRobin, env: { EJECT_AFTER_FAILURES: "1000", ...env } });
     try {
+      const [a, b] = [fleet.simulators.a!, fleet.simulators.b!];
+      a.injectFaults({ failureRate: 1, kinds: [kind] });
+      const outcomes = await Promise.all(Array.from({ length: 4 }, () => read(fleet.inference.chat(ask("still answered"), within(5_000)))));
+      expect(outcomes.map((outcome) => [outcome.error?.details, outcome.text])).toEqual(Array(4).fill([undefined, "still answered"]));
+      expect([a.stats.requests, b.stats.requests]).toEqual([2, 4]);
+      // The broker gave up on a's two requests and closed their connections: nothing is left hanging there.
+      await waitFor(() => a.stats.disconnects === 2 && a.stats.activeStreams === 0, "the broker to hang up on a's two hung requests");
+      const { workers } = await fleet.admin.getPoolStatus({});
+      // The failure names the wait that ran out, so the timeout under test is the one that fired.
+      expect(workers.find((worker) => worker.id === "a")).toMatchObject({ consecutiveFailures: 2, lastError: expectedError });
+    } finally {
+      await fleet.stop();
+    }
+  }
+
+  it("moves requests on when the worker sends its headers and then nothing: the first-token timeout", async () => {
+    await expectFailoverFrom("hang", { WORKER_FIRST_TOKEN_TIMEOUT_MS: "300" }, "worker a did not send the first token within 300 ms");
+  });
+
+  it("moves requests on when the worker never sends headers: the connect timeout", async () => {
+    // The first-token timeout is far away: only the connect timeout can end the wait in time.
+    await expectFailoverFrom(
+      "hang_before_headers",
+      { WORKER_CONNECT_TIMEOUT_MS: "300", WORKER_FIRST_TOKEN_TIMEOUT_MS: "60000" },
+      "worker a did not send the answer within 300 ms",
+    );
+  });
+});
+
+describe("a worker killed mid-load", () => {
+  it("ends the streams it was generating with UNAVAILABLE, moves those still waiting for a first token, and is ejected", async () => {
+    const fleet = await startFleet({ a: { interTokenLatencyMs: 40 }, b: { interTokenLatencyMs: 40 } }, { modelExtras: roundRobin, env: { EJECT_AFTER_FAILURES: "1" } });
+    const [a, b] = [fleet.simulators.a!, fleet.simulators.b!];
+    try {
+      // Twenty tokens 40 ms apart: the streams run for most of a second.
       const prompt = "a b c d e f g h i j k l m n o p q r s t";
-      const started: Array<Promise<Outcome>> = [];
       let withText = 0;
-      const allHaveText = new Promise<void>((resolve) => {
-        for (let index = 0; index < 8; index += 1) {
-          let counted = false;
-          started.push(
-            read(fleet.inference.chat(ask(prompt, { sessionId: `s${index}` })), () => {
-              if (!counted) {
-                counted = true;
-                if (++withText === 8) resolve();
-              }
-            }),
-          );
-        }
+      const streaming = Array.from({ length: 6 }, (_, index) => {
+        let counted = false;
+        return read(fleet.inference.chat(ask(prompt, { sessionId: `s${index}` }), within(5_000)), () => {
+          if (!counted) withText += 1;
+          counted = true;
+        });
       });
-      await allHaveText;
-      const servedByA = fleet.simulators.a!.stats.activeStreams;
-      expect(servedByA).toBeGreaterThan(0);
-      await fleet.simulators.a!.close();
-      const outcomes = await Promise.all(started);
-      const failed = outcomes.filter((outcome) => outcome.error);
-      expect(failed).toHaveLength(servedByA);
-      for (const outcome of failed) {
+      await waitFor(() => withText === 6, "text on all six streams");
+      expect([a.stats.activeStreams, b.stats.activeStreams]).toEqual([3, 3]);
+      // a's three streams stop after their next token (due within 40 ms), so they are mid-stream when
+      // a dies; and what is sent to a from now on gets no first token before it dies.
+      a.configure({ interTokenLatencyMs: 60_000, timeToFirstTokenMs: 60_000 });
+      const waiting = Array.from({ length: 4 }, (_, index) => read(fleet.inference.chat(ask(`waiting ${index}`), within(5_000))));
+      await waitFor(() => a.stats.requests === 5 && a.stats.activeStreams === 5, "two more requests waiting on a for their first token");
+      // b's three streams have most of their tokens still to come.
+      expect(b.stats.activeStreams).toBeGreaterThanOrEqual(3);
+      await a.close();
+
+      const streamed = await Promise.all(streaming);
+      const broken = streamed.filter((outcome) => outcome.error);
+      expect(broken).toHaveLength(3);
+      for (const outcome of broken) {
         expect(outcome.error?.code).toBe(Status.UNAVAILABLE);
-        expect(outcome.error?.details).toMatch(/worker a broke off the stream/);
-        expect(prompt.startsWith(outcome.text)).toBe(true);
+        expect(outcome.error?.details).toMatch(/^worker a broke off the stream/);
+        expect(outcome.text).not.toBe("");
+        expect(prompt.startsWith(outcome.text) && outcome.text !== prompt).toBe(true);
       }
-      expect(outcomes.filter((outcome) => !outcome.error).every((outcome) => outcome.text === prompt)).toBe(true);
-      const after = await Promise.all(Array.from({ length: 4 }, () => read(fleet.inference.chat(ask("after the crash")))));
+      // b's streams ran on while a died.
+      expect(streamed.filter((outcome) => !outcome.error).map((outcome) => outcome.text)).toEqual([prompt, prompt, prompt]);
+      // Nothing had reached the clients of the two requests waiting on a: they were answered by b.
+      const waited = await Promise.all(waiting);
+      expect(waited.map((outcome) => [outcome.error?.details, outcome.text])).toEqual(Array.from({ length: 4 }, (_, index) => [undefined, `waiting ${index}`]));
+      expect([a.stats.requests, b.stats.requests]).toEqual([5, 3 + 2 + 2]);
+
+      const after = await Promise.all(Array.from({ length: 4 }, () => read(fleet.inference.chat(ask("after the crash"), within(5_000)))));
       expect(after.map((outcome) => [outcome.error?.code, outcome.text])).toEqual(Array(4).fill([undefined, "after the crash"]));
+      expect(b.stats.requests).toBe(7 + 4);
       const { workers } = await fleet.admin.getPoolStatus({});
       expect(workers.find((worker) => worker.id === "a")).toMatchObject({ health: WorkerHealth.WORKER_HEALTH_EJECTED, lastError: expect.any(String) });
     } finally {
@@ -211,14 +274,39 @@ describe("affinity", () => {
     expect(used).toHaveLength(1);
   });
 
-  it("sends requests that share a system prompt to one worker, for its prefix cache", async () => {
-    const before = requestsOf(fleet);
-    const system = { role: "system", content: "You are the reviewer of a large TypeScript code base.", toolCalls: [], toolCallId: "", name: "" };
-    for (let index = 0; index < 6; index += 1) {
-      await read(fleet.inference.chat({ ...ask(`question ${index}`), messages: [system, ask(`question ${index}`).messages[0]!] }));
+  it("sends requests that share a system prompt to one worker, and different system prompts to different workers", async () => {
+    // Sequential requests on idle workers: without prefix affinity they tie on load, and the tie goes
+    // to the first worker listed. Only prefix affinity spreads the system prompts over the workers
+    // and keeps each one on its worker, whatever the order in which the workers are listed.
+    const systems = Array.from({ length: 6 }, (_, index) => `You review the pull requests of team ${index} of a large TypeScript code base.`);
+    const workerPerSystem = async (target: Fleet): Promise<Record<string, string>> => {
+      const chosen: Record<string, string> = {};
+      for (const system of systems) {
+        const used = new Set<string>();
+        for (const question of ["what does this change do?", "is it tested?", "can it be merged?"]) {
+          const before = requestsOf(target);
+          const request = ask(question);
+          request.messages.unshift({ ...request.messages[0]!, role: "system", content: system });
+          const outcome = await read(target.inference.chat(request, within(5_000)));
+          expect([outcome.error, outcome.text]).toEqual([undefined, question]);
+          const after = requestsOf(target);
+          for (const id of Object.keys(after)) if (after[id] !== before[id]) used.add(id);
+        }
+        expect([...used]).toHaveLength(1);
+        chosen[system] = [...used][0]!;
+      }
+      return chosen;
+    };
+    const chosen = await workerPerSystem(fleet);
+    expect(new Set(Object.values(chosen)).size).toBeGreaterThan(1);
+    // The worker follows from the prefix and the worker's id, not from where the worker is listed:
+    // a broker replica listing the same workers in another order sends each prefix to the same one.
+    const reversed = await startFleet({ c: {}, b: {}, a: {} });
+    try {
+      expect(await workerPerSystem(reversed)).toEqual(chosen);
+    } finally {
+      await reversed.stop();
     }
-    const after = requestsOf(fleet);
-    expect(Object.keys(after).filter((id) => after[id] !== before[id])).toHaveLength(1);
   });
 });
 

@@ -145,31 +145,6 @@ describe("inference-broker against the vLLM simulator", () => {
     expect(result.error).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringContaining("HTTP 503") });
   });
 
-  it("aborts the worker's HTTP request when the client cancels", async () => {
-    simulator.configure({ interTokenLatencyMs: 50 });
-    const disconnected = simulator.nextDisconnect(5_000);
-    const controller = new AbortController();
-    const seen: string[] = [];
-    const stream = broker.client.chat(userSays("one two three four five six seven eight nine ten"), { signal: controller.signal });
-    const consumed = (async () => {
-      for await (const event of stream) {
-        if (event.event?.$case === "contentDelta") seen.push(event.event.value);
-        if (seen.length === 2) controller.abort();
-      }
-    })().catch((error: unknown) => error);
-    expect(await disconnected).toBe("disconnected");
-    expect(await consumed).toMatchObject({ name: "AbortError" });
-    expect(seen).toHaveLength(2);
-  });
-
-  it("answers DEADLINE_EXCEEDED and frees the worker when the deadline passes before the first token", async () => {
-    simulator.configure({ timeToFirstTokenMs: 2_000 });
-    const disconnected = simulator.nextDisconnect(5_000);
-    const result = await collect(broker.client.chat(userSays("too slow"), { deadline: new Date(Date.now() + 150) }));
-    expect(result.error).toMatchObject({ code: Status.DEADLINE_EXCEEDED });
-    expect(await disconnected).toBe("disconnected");
-  });
-
   it("fails a stream whose worker goes silent, instead of hanging", async () => {
     simulator.configure({ interTokenLatencyMs: 5_000 });
     const result = await collect(broker.client.chat(userSays("first then silence")));
@@ -197,6 +172,73 @@ describe("inference-broker against the vLLM simulator", () => {
     const { models } = await broker.client.listModels({});
     expect(models.map((model) => model.id).sort()).toEqual(["vlinders-sim-chat", "vlinders-sim-embed"]);
     expect(models[0]).toMatchObject({ workerCount: 1, maxContextTokens: expect.any(Number) });
+  });
+});
+
+describe("inference-broker cancelling the worker's request", () => {
+  // The worker pauses five seconds after its first token, and the broker would wait ten for the
+  // next: only the broker acting on the caller's cancel or deadline can end the request sooner.
+  const simulator = new VllmSimulator({ timeToFirstTokenMs: 5, interTokenLatencyMs: 5_000 });
+  let broker: Awaited<ReturnType<typeof startBroker>>;
+
+  beforeAll(async () => {
+    const { url } = await simulator.listen(0);
+    broker = await startBroker({ VLLM_URLS: url, WORKER_FIRST_TOKEN_TIMEOUT_MS: "10000", WORKER_IDLE_TIMEOUT_MS: "10000", EJECT_AFTER_FAILURES: "1000" });
+  });
+
+  afterAll(async () => {
+    broker.channel.close();
+    await broker.host.shutdown();
+    await simulator.close();
+  });
+
+  afterEach(() => simulator.configure({ timeToFirstTokenMs: 5 }));
+
+  /** performance.now() of the worker's next client disconnect, or Infinity if none comes within `timeoutMs`. */
+  function nextDisconnectAt(timeoutMs: number): Promise<number> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        stop();
+        resolve(Infinity);
+      }, timeoutMs);
+      const stop = simulator.onDisconnect(() => {
+        clearTimeout(timer);
+        stop();
+        resolve(performance.now());
+      });
+    });
+  }
+
+  it("closes the worker's stream as soon as the client cancels mid-stream, not at the worker's next token", async () => {
+    const disconnected = nextDisconnectAt(3_000);
+    const controller = new AbortController();
+    const seen: string[] = [];
+    let cancelledAt = 0;
+    const stream = broker.client.chat(userSays("one two three"), { signal: controller.signal, deadline: new Date(Date.now() + 3_000) });
+    const consumed = (async () => {
+      for await (const event of stream) {
+        if (event.event?.$case !== "contentDelta") continue;
+        seen.push(event.event.value);
+        cancelledAt = performance.now();
+        controller.abort();
+      }
+    })().catch((error: unknown) => error);
+    expect(await consumed).toMatchObject({ name: "AbortError" });
+    expect(seen).toEqual(["one"]);
+    // The next token is 5 s away: a broker that noticed the cancel only then would disconnect that late.
+    expect((await disconnected) - cancelledAt).toBeLessThan(1_000);
+    expect(simulator.stats.activeStreams).toBe(0);
+  });
+
+  it("answers DEADLINE_EXCEEDED and frees the worker at once when the deadline passes before the first token", async () => {
+    simulator.configure({ timeToFirstTokenMs: 5_000 });
+    const disconnected = nextDisconnectAt(3_000);
+    const deadline = performance.now() + 150;
+    const result = await collect(broker.client.chat(userSays("too slow"), { deadline: new Date(Date.now() + 150) }));
+    expect(result.error).toMatchObject({ code: Status.DEADLINE_EXCEEDED });
+    // The first token is 5 s away: a broker that let the worker run on to it would disconnect that late.
+    expect((await disconnected) - deadline).toBeLessThan(1_000);
+    expect(simulator.stats.activeStreams).toBe(0);
   });
 });
 
