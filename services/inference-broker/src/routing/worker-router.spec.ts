@@ -13,8 +13,8 @@ function workerWith(id: string, state: Partial<Pick<Worker, "inFlight" | "runnin
   return worker;
 }
 
-const model = (policy: "least-loaded" | "round-robin" = "least-loaded", affinity = true): ModelEntry => ({
-  id: "m",
+const model = (policy: "least-loaded" | "round-robin" = "least-loaded", affinity = true, id = "m"): ModelEntry => ({
+  id,
   aliases: [],
   maxContextTokens: 0,
   workers: [],
@@ -53,15 +53,40 @@ describe("WorkerRouter", () => {
     expect(router.pick(model(), [a, b], request("s1", "x"), none)).toBe(other);
   });
 
-  it("sends requests sharing a prompt prefix to the same worker", () => {
-    const router = new WorkerRouter();
-    const workers = ["w0", "w1", "w2", "w3"].map((id) => workerWith(id));
-    const picks = new Set(
-      ["first question", "second question", "third question"].map(
-        (question) => router.pick(model(), workers, { sessionId: "", messages: [message("system", "You are a careful coder."), message("user", question)] }, none)?.id,
-      ),
-    );
-    expect(picks.size).toBe(1);
+  describe("prefix affinity", () => {
+    // sessionId "" throughout: session affinity must not be what keeps a request on its worker.
+    const withPrefix = (systemPrompt: string, question: string) => ({ sessionId: "", messages: [message("system", systemPrompt), message("user", question)] });
+    const systemPrompts = Array.from({ length: 12 }, (_, index) => `You are assistant number ${index}.`);
+
+    it("sends requests sharing a prompt prefix to the same worker, whatever the order of the workers", () => {
+      const router = new WorkerRouter();
+      const workers = ["w0", "w1", "w2", "w3"].map((id) => workerWith(id));
+      for (const systemPrompt of systemPrompts) {
+        const first = router.pick(model(), workers, withPrefix(systemPrompt, "first question"), none)?.id;
+        // All loads are equal: without prefix affinity the tie would go to the first worker of the
+        // list, so the reversed list would give another worker.
+        expect(router.pick(model(), [...workers].reverse(), withPrefix(systemPrompt, "second question"), none)?.id).toBe(first);
+        expect(router.pick(model(), [workers[2]!, workers[0]!, workers[3]!, workers[1]!], withPrefix(systemPrompt, "third question"), none)?.id).toBe(first);
+      }
+    });
+
+    it("spreads different prompt prefixes over the workers", () => {
+      const router = new WorkerRouter();
+      const workers = ["w0", "w1", "w2", "w3"].map((id) => workerWith(id));
+      const picks = new Set(systemPrompts.map((systemPrompt) => router.pick(model(), workers, withPrefix(systemPrompt, "question"), none)?.id));
+      // Rendezvous hashing of 12 prefixes over 4 workers: all 12 on one worker is not what it does.
+      expect(picks.size).toBeGreaterThan(1);
+    });
+
+    it("keeps a prefix on its worker while it is busier by less than the slack, and moves it beyond", () => {
+      const router = new WorkerRouter({ metricsStaleAfterMs: 10_000, affinitySlack: 0.25, maxSessions: 10 });
+      const workers = ["w0", "w1", "w2", "w3"].map((id) => workerWith(id));
+      const preferred = router.pick(model(), workers, withPrefix("You are a careful coder.", "first question"), none)!;
+      preferred.inFlight = 2; // 0.2 of its capacity above the idle others: within the slack
+      expect(router.pick(model(), workers, withPrefix("You are a careful coder.", "second question"), none)).toBe(preferred);
+      preferred.inFlight = 3; // 0.3 above: beyond the slack, the least-loaded worker wins
+      expect(router.pick(model(), workers, withPrefix("You are a careful coder.", "third question"), none)).not.toBe(preferred);
+    });
   });
 
   it("rotates with round-robin and skips workers already tried", () => {
@@ -72,6 +97,23 @@ describe("WorkerRouter", () => {
     expect(picks.slice(0, 3)).toEqual(picks.slice(3));
     expect(router.pick(model("least-loaded"), workers, request(""), new Set(["a", "b"]))?.id).toBe("c");
     expect(router.pick(model("least-loaded"), workers, request(""), new Set(["a", "b", "c"]))).toBeUndefined();
+  });
+
+  it("rotates each model on its own when the requests of two models interleave", () => {
+    const router = new WorkerRouter();
+    const first = model("round-robin", false, "first");
+    const second = model("round-robin", false, "second");
+    const firstWorkers = ["a", "b"].map((id) => workerWith(id));
+    const secondWorkers = ["c", "d"].map((id) => workerWith(id));
+    const firstPicks: Array<string | undefined> = [];
+    const secondPicks: Array<string | undefined> = [];
+    for (let round = 0; round < 4; round += 1) {
+      firstPicks.push(router.pick(first, firstWorkers, request(""), none)?.id);
+      secondPicks.push(router.pick(second, secondWorkers, request(""), none)?.id);
+    }
+    // With one counter shared by both models, each model would see every other step only: a, a, a, a.
+    expect(firstPicks).toEqual(["a", "b", "a", "b"]);
+    expect(secondPicks).toEqual(["c", "d", "c", "d"]);
   });
 
   it("keys the prefix on everything but the last message", () => {

@@ -27,11 +27,14 @@ const prefixCharacters = 4_096;
  * affinity first (a session sticks to its worker while that worker is healthy and not much busier
  * than the least-loaded one), then prefix affinity (rendezvous hashing of the prompt prefix, so the
  * same prefix meets the same vLLM prefix cache, with the same load bound), then the least-loaded
- * worker. Round-robin: a plain rotation. Both skip workers already tried by this request.
+ * worker. Round-robin: a plain rotation, one per model. Both skip workers already tried by this request.
  */
 export class WorkerRouter {
   private readonly sessions = new Map<string, string>();
-  private rotation = 0;
+  // One counter per model: with a shared one, models whose requests interleave each see only every
+  // other step of the rotation, and two models of two workers each always land on the same worker.
+  // Bounded by the catalog's model ids (a removed model leaves one number behind until restart).
+  private readonly rotations = new Map<string, number>();
 
   constructor(private readonly settings: RouterSettings = defaultRouterSettings) {}
 
@@ -40,8 +43,9 @@ export class WorkerRouter {
     if (available.length === 0) return undefined;
     const routing = model.routing ?? defaultRoutingSettings;
     if (routing.policy === "round-robin") {
-      this.rotation = (this.rotation + 1) % Number.MAX_SAFE_INTEGER;
-      return available[this.rotation % available.length];
+      const rotation = this.rotations.get(model.id) ?? 0;
+      this.rotations.set(model.id, (rotation + 1) % Number.MAX_SAFE_INTEGER);
+      return available[rotation % available.length];
     }
     if (available.length === 1) return this.remember(request.sessionId, routing.sessionAffinity, available[0]);
 

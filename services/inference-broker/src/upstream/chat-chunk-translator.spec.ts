@@ -2,6 +2,8 @@ import { FinishReason, type ChatEvent } from "@vlinders/proto";
 import { ServerError, Status } from "nice-grpc-common";
 import {
   ChatChunkTranslator,
+  apiKeyRejectedError,
+  maxWorkerMessageCharacters,
   statusForWorkerErrorCode,
   toFinishReason,
   toUsage,
@@ -321,6 +323,38 @@ describe("ChatChunkTranslator", () => {
       expect(error.details).toBe("worker gpu-0 failed mid-stream: boom");
     });
 
+    it.each([
+      ["401", 401],
+      ["403", 403],
+    ])("throws FAILED_PRECONDITION for an error chunk with code %s, without the worker's message, which may quote the key", (_name, code) => {
+      const translator = new ChatChunkTranslator("gpu-4");
+      const chunk = parse(`{"error":{"message":"Incorrect API key provided: sk-live-0123456789","type":"invalid_request_error","code":${code}}}`);
+      const error = expectServerError(caught(() => translator.translate(chunk)), Status.FAILED_PRECONDITION);
+      expect(error.details).toContain("worker gpu-4");
+      expect(error.details).toContain("rejected the API key");
+      expect(error.details).toContain("admin API");
+      expect(error.details).not.toContain("sk-live");
+      expect(error.details).not.toContain("Incorrect API key");
+    });
+
+    it('reads the code of the top-level {"object":"error",…} form', () => {
+      const translator = new ChatChunkTranslator("gpu-2");
+      const error = expectServerError(
+        caught(() => translator.translate(parse('{"object":"error","message":"bad grammar","type":"BadRequestError","code":400}'))),
+        Status.INVALID_ARGUMENT,
+      );
+      expect(error.details).toBe("worker gpu-2 failed mid-stream: bad grammar");
+      expectServerError(caught(() => translator.translate(parse('{"object":"error","message":"no","code":401}'))), Status.FAILED_PRECONDITION);
+    });
+
+    it("cuts a long message, so that the status fits in a trailer", () => {
+      const translator = new ChatChunkTranslator("gpu-0");
+      const long = "x".repeat(100_000);
+      const error = expectServerError(caught(() => translator.translate({ error: { message: long, code: 500 } })), Status.INTERNAL);
+      expect(error.details.startsWith(`worker gpu-0 failed mid-stream: ${"x".repeat(maxWorkerMessageCharacters)}…`)).toBe(true);
+      expect(error.details.length).toBeLessThan(maxWorkerMessageCharacters + 100);
+    });
+
     it("says so when the error has no message", () => {
       const translator = new ChatChunkTranslator("gpu-0");
       const error = expectServerError(caught(() => translator.translate(parse('{"error":{"code":500}}'))), Status.INTERNAL);
@@ -376,13 +410,30 @@ describe("statusForWorkerErrorCode", () => {
     [413, "INVALID_ARGUMENT"],
     [404, "NOT_FOUND"],
     [429, "RESOURCE_EXHAUSTED"],
-    // The broker's own credentials were refused: the caller can do nothing about it.
-    [401, "INTERNAL"],
-    [403, "INTERNAL"],
+    // The broker's API key was refused: the operator must fix it, and the worker is not at fault.
+    [401, "FAILED_PRECONDITION"],
+    [403, "FAILED_PRECONDITION"],
     [500, "UNAVAILABLE"],
     [503, "UNAVAILABLE"],
     [418, "UNKNOWN"],
   ])("maps HTTP %d to %s", (code, status) => {
     expect(Status[statusForWorkerErrorCode(code)]).toBe(status);
+  });
+});
+
+describe("apiKeyRejectedError", () => {
+  it("names the worker and its provider, and says where the key is stored", () => {
+    const error = apiKeyRejectedError({ id: "openai-0", provider: "openai" }, 401, true);
+    expect(Status[error.code]).toBe("FAILED_PRECONDITION");
+    expect(error.details).toBe(
+      'worker openai-0: provider "openai" rejected the API key (HTTP 401); store or rotate it through the admin API (InferenceAdminService.StoreProviderKey or RotateProviderKey)',
+    );
+  });
+
+  it("says that no key was sent when none was", () => {
+    const error = apiKeyRejectedError({ id: "gpu-0" }, 403, false);
+    expect(Status[error.code]).toBe("FAILED_PRECONDITION");
+    expect(error.details).toContain("worker gpu-0 wants an API key (HTTP 403) and none was sent");
+    expect(error.details).toContain("admin API");
   });
 });

@@ -22,6 +22,8 @@ export interface ChatCompletionChunk {
   error?: { message?: string; type?: string; code?: number | string | null } | string;
   object?: string;
   message?: string;
+  /** The code of the top-level {"object":"error",…} form. */
+  code?: number | string | null;
 }
 
 export interface OpenAiUsage {
@@ -63,9 +65,45 @@ export function statusForWorkerErrorCode(code: number): Status {
   if (code === 404) return Status.NOT_FOUND;
   if (code === 413) return Status.INVALID_ARGUMENT;
   if (code === 429) return Status.RESOURCE_EXHAUSTED;
-  if (code === 401 || code === 403) return Status.INTERNAL;
+  // The broker's API key was refused: the operator must store or rotate it. Neither the caller's
+  // request nor the worker is at fault (see failure-classification.ts).
+  if (isApiKeyRejection(code)) return Status.FAILED_PRECONDITION;
   if (code >= 500) return Status.UNAVAILABLE;
   return Status.UNKNOWN;
+}
+
+/** Is this HTTP-like code a refusal of the credentials the broker sent (or did not send)? */
+export function isApiKeyRejection(code: number): boolean {
+  return code === 401 || code === 403;
+}
+
+/**
+ * The error for a worker that refused the broker's credentials (HTTP 401 or 403). The worker's own
+ * message is left out on purpose: providers quote the key, or part of it, in it ("Incorrect API
+ * key provided: sk-…"), and status details travel to callers and into their logs.
+ */
+export function apiKeyRejectedError(worker: { id: string; provider?: string | undefined }, code: number, keySent: boolean): ServerError {
+  const hint = "store or rotate it through the admin API (InferenceAdminService.StoreProviderKey or RotateProviderKey)";
+  if (!keySent) {
+    return new ServerError(
+      Status.FAILED_PRECONDITION,
+      `worker ${worker.id} wants an API key (HTTP ${code}) and none was sent: a worker gets the key of the provider the models file names for it; ${hint}`,
+    );
+  }
+  const whose = worker.provider === undefined ? "the provider" : `provider "${worker.provider}"`;
+  return new ServerError(Status.FAILED_PRECONDITION, `worker ${worker.id}: ${whose} rejected the API key (HTTP ${code}); ${hint}`);
+}
+
+/** Characters of a worker's error message kept in a status's details. */
+export const maxWorkerMessageCharacters = 1_000;
+
+/**
+ * A worker's error message as it may go into a status's details: cut to a bounded length. Details
+ * travel percent-encoded in the grpc-message trailer, and an HTTP/2 peer refuses a header block
+ * beyond its limit (a few KiB to tens of KiB) with an error of its own that hides this one.
+ */
+export function boundedWorkerMessage(message: string): string {
+  return message.length <= maxWorkerMessageCharacters ? message : `${message.slice(0, maxWorkerMessageCharacters)}… (${message.length} characters)`;
 }
 
 /**
@@ -141,10 +179,12 @@ export class ChatChunkTranslator {
     const error = chunk.error;
     const message = typeof error === "string" ? error : (error?.message ?? chunk.message ?? "unknown error");
     // Number(null) and Number("") are 0, not NaN: only a real number or numeric string is a code.
-    const rawCode = typeof error === "object" && error !== null ? error.code : undefined;
+    const rawCode = typeof error === "object" && error !== null ? error.code : chunk.code;
     const code = typeof rawCode === "number" || (typeof rawCode === "string" && rawCode.trim() !== "") ? Number(rawCode) : NaN;
+    // The dispatcher sends a key to every worker that needs one: a refusal here is of that key.
+    if (Number.isFinite(code) && isApiKeyRejection(code)) return apiKeyRejectedError({ id: this.workerId }, code, true);
     // A failure after tokens were streamed is not retryable as such: the text would repeat.
     const status = Number.isFinite(code) && code < 500 ? statusForWorkerErrorCode(code) : Status.INTERNAL;
-    return new ServerError(status, `worker ${this.workerId} failed mid-stream: ${message}`);
+    return new ServerError(status, `worker ${this.workerId} failed mid-stream: ${boundedWorkerMessage(String(message))}`);
   }
 }

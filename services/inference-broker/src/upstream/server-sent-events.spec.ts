@@ -1,4 +1,4 @@
-import { readServerSentEventData } from "./server-sent-events";
+import { ServerSentEventParser, ServerSentEventTooLargeError, maxServerSentEventCharacters, readServerSentEventData } from "./server-sent-events";
 
 const encoder = new TextEncoder();
 
@@ -146,5 +146,63 @@ describe("readServerSentEventData", () => {
     releaseRest();
     await expect(events.next()).resolves.toEqual({ value: "second", done: false });
     await expect(events.next()).resolves.toEqual({ value: undefined, done: true });
+  });
+});
+
+describe("ServerSentEventParser bounds", () => {
+  /** Feeds `chunks` until the parser throws; says how many it took, and what it threw. */
+  function feedUntilThrow(chunks: Iterable<Uint8Array>): { fed: number; events: string[]; error: unknown } {
+    const parser = new ServerSentEventParser();
+    const events: string[] = [];
+    let fed = 0;
+    try {
+      for (const chunk of chunks) {
+        fed += 1;
+        parser.push(chunk, (data) => events.push(data));
+      }
+      parser.end((data) => events.push(data));
+    } catch (error: unknown) {
+      return { fed, events, error };
+    }
+    return { fed, events, error: undefined };
+  }
+
+  const piece = 64 * 1024;
+  /** At most four times the bound: enough to see where the parser stops, and a deadline of its own. */
+  function* repeated(first: string, then: string): Generator<Uint8Array> {
+    yield encoder.encode(first);
+    for (let sent = 0; sent < 4 * maxServerSentEventCharacters; sent += then.length) yield encoder.encode(then);
+  }
+
+  it("throws once a line passes the bound without its line ending, without reading on", () => {
+    const { fed, events, error } = feedUntilThrow(repeated("data: ok\n\ndata: ", "x".repeat(piece)));
+    expect(events).toEqual(["ok"]);
+    expect(error).toBeInstanceOf(ServerSentEventTooLargeError);
+    expect((error as ServerSentEventTooLargeError).what).toBe("line");
+    // Stops within one chunk of the bound.
+    expect(fed).toBeLessThanOrEqual(maxServerSentEventCharacters / piece + 2);
+  });
+
+  it("throws once an event's data lines pass the bound without the blank line that ends the event", () => {
+    const line = `data: ${"y".repeat(1_000)}\n`;
+    const { fed, error } = feedUntilThrow(repeated("", line));
+    expect(error).toBeInstanceOf(ServerSentEventTooLargeError);
+    expect((error as ServerSentEventTooLargeError).what).toBe("event");
+    expect(fed).toBeLessThanOrEqual(maxServerSentEventCharacters / 1_000 + 2);
+  });
+
+  it("still delivers an event whose data is exactly at the bound, in one line or in many", () => {
+    const data = "z".repeat(maxServerSentEventCharacters);
+    expect(feedUntilThrow([encoder.encode(`data: ${data}\n\n`)])).toEqual({ fed: 1, events: [data], error: undefined });
+    expect(feedUntilThrow([encoder.encode(`data: ${data}z\n\n`)]).error).toBeInstanceOf(ServerSentEventTooLargeError);
+    // 1024 lines joined by "\n": 1024 + 1023 × (1 + 1023) characters, exactly the bound.
+    const lines = Array.from({ length: 1024 }, (_, index) => (index === 0 ? "a".repeat(1_024) : "b".repeat(1_023)));
+    const event = (dataLines: string[]) => encoder.encode(`${dataLines.map((line) => `data: ${line}`).join("\n")}\n\n`);
+    expect(feedUntilThrow([event(lines)]).events).toEqual([lines.join("\n")]);
+    expect(feedUntilThrow([event([...lines.slice(0, -1), `${lines.at(-1)}b`])]).error).toBeInstanceOf(ServerSentEventTooLargeError);
+  });
+
+  it("fails the async iterable too", async () => {
+    await expect(collect([encoder.encode(`data: ${"x".repeat(maxServerSentEventCharacters + 10)}`)])).rejects.toBeInstanceOf(ServerSentEventTooLargeError);
   });
 });

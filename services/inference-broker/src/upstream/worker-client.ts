@@ -4,8 +4,8 @@ import { linkSignals } from "@vlinders/service-runtime";
 import { AbortError, isAbortError } from "abort-controller-x";
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerEndpoint } from "../registry/model-registry";
-import { statusForWorkerErrorCode } from "./chat-chunk-translator";
-import { ServerSentEventParser } from "./server-sent-events";
+import { apiKeyRejectedError, boundedWorkerMessage, isApiKeyRejection, statusForWorkerErrorCode } from "./chat-chunk-translator";
+import { ServerSentEventParser, ServerSentEventTooLargeError } from "./server-sent-events";
 
 export interface WorkerTimeouts {
   /** From sending the request to the response headers. */
@@ -17,6 +17,13 @@ export interface WorkerTimeouts {
 }
 
 export const defaultWorkerTimeouts: WorkerTimeouts = { connectMs: 10_000, firstEventMs: 120_000, idleMs: 30_000 };
+
+/**
+ * How long a stream's response may take to end after [DONE]. Reading it to its end lets the
+ * connection go back to the keep-alive pool; a worker or proxy that holds it open instead gets its
+ * connection closed after this, and the answer, complete at [DONE], is returned all the same.
+ */
+export const doneGraceMs = 1_000;
 
 /**
  * Talks HTTP to one OpenAI-compatible worker. Every request is tied to the caller's signal, so that
@@ -33,7 +40,7 @@ export class WorkerClient {
       const headers: Record<string, string> = { accept: "application/json" };
       if (apiKey !== undefined) headers.authorization = `Bearer ${apiKey}`;
       const response = await guard.run(fetch(`${worker.url}${path}`, { signal: guard.signal, headers }));
-      if (!response.ok) throw await errorFromResponse(worker, response);
+      if (!response.ok) throw await errorFromResponse(worker, response, apiKey !== undefined);
       return await guard.run(response.json() as Promise<unknown>);
     } finally {
       guard.dispose();
@@ -46,7 +53,7 @@ export class WorkerClient {
       // A non-streamed completion returns only when generation is done.
       guard.arm(this.timeouts.firstEventMs, "answer");
       const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal, apiKey)));
-      if (!response.ok) throw await errorFromResponse(worker, response);
+      if (!response.ok) throw await errorFromResponse(worker, response, apiKey !== undefined);
       return await guard.run(response.json() as Promise<unknown>);
     } finally {
       guard.dispose();
@@ -108,27 +115,23 @@ export class WorkerClient {
       const status = response.statusCode ?? 0;
       if (status < 200 || status >= 300) {
         const text = await guard.run(readText(response));
-        throw errorFromBody(worker, status, response.statusMessage ?? "", text);
+        throw errorFromBody(worker, status, response.statusMessage ?? "", text, apiKey !== undefined);
       }
       guard.streaming = true;
       guard.arm(this.timeouts.firstEventMs, "first token");
-      const events = new EventQueue(response);
-      let sawDone = false;
+      const events = new EventQueue(response, worker);
       for (;;) {
         const data = events.shift();
         if (data === undefined) {
-          if (events.ended) break;
+          if (events.ended) {
+            // Rejects with the parser's failure, if the end of the body was what broke it.
+            await guard.run(events.wait());
+            throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} closed the stream before [DONE]`);
+          }
           await guard.run(events.wait());
           continue;
         }
-        // Read on to the end of the body after [DONE]: the connection then goes back to the pool
-        // instead of being closed, and the next request does not pay for a new one.
-        if (sawDone) continue;
-        if (data === "[DONE]") {
-          sawDone = true;
-          guard.arm(this.timeouts.idleMs, "end of the stream");
-          continue;
-        }
+        if (data === "[DONE]") break;
         let parsed: unknown;
         try {
           parsed = JSON.parse(data);
@@ -141,10 +144,15 @@ export class WorkerClient {
         yield parsed;
         guard.arm(this.timeouts.idleMs, "next token");
       }
-      if (!sawDone) throw new ServerError(Status.UNAVAILABLE, `worker ${worker.id} closed the stream before [DONE]`);
-      completed = true;
+      // The answer is complete: nothing that happens from here on may fail it. The end of the
+      // response is awaited here, not in the background, so that the connection's fate is settled
+      // before the call returns and the guard stays the one owner of the request; the price is that
+      // a worker holding the connection open delays the end of the stream by doneGraceMs.
+      guard.disarm();
+      completed = await events.drain(doneGraceMs);
     } finally {
-      // Reached early when the consumer stops reading: aborting closes the connection to the worker.
+      // Reached early when the consumer stops reading, or when the response did not end in time after
+      // [DONE]: aborting closes the connection to the worker, which is then not reused.
       guard.dispose(completed);
     }
   }
@@ -159,17 +167,23 @@ class EventQueue {
   private readonly parser = new ServerSentEventParser();
   private wake: (() => void) | undefined;
   private failure: Error | undefined;
+  /** Set after [DONE]: the rest of the body is read (for the connection's sake) and dropped. */
+  private draining = false;
   ended = false;
 
-  constructor(private readonly response: IncomingMessage) {
+  constructor(
+    private readonly response: IncomingMessage,
+    private readonly worker: WorkerEndpoint,
+  ) {
     const enqueue = (data: string) => this.queue.push(data);
     response.on("data", (chunk: Buffer) => {
-      this.parser.push(chunk, enqueue);
+      if (this.draining) return;
+      if (!this.parse(() => this.parser.push(chunk, enqueue))) return;
       if (this.queue.length > 256) response.pause();
       this.notify();
     });
     response.once("end", () => {
-      this.parser.end(enqueue);
+      if (!this.draining) this.parse(() => this.parser.end(enqueue));
       this.ended = true;
       this.notify();
     });
@@ -180,6 +194,54 @@ class EventQueue {
     response.on("error", (error: Error) => {
       this.failure ??= error;
       this.notify();
+    });
+  }
+
+  /**
+   * Runs a step of the parser; false when it failed the stream. A throw would escape the socket's
+   * event listener and crash the process.
+   */
+  private parse(step: () => void): boolean {
+    try {
+      step();
+      return true;
+    } catch (error: unknown) {
+      // INTERNAL rather than UNAVAILABLE: the worker answered, but not in the protocol (like an event
+      // that is not JSON), and a client that retries UNAVAILABLE on its own should not retry this.
+      // Before the first token the dispatcher still fails over and counts it against the worker.
+      this.failure ??=
+        error instanceof ServerSentEventTooLargeError
+          ? new ServerError(Status.INTERNAL, `worker ${this.worker.id} sent an event stream the broker does not read on: ${error.message}`)
+          : error instanceof Error
+            ? error
+            : new Error(String(error));
+      // Nothing more of this body is read: the connection is closed, and never reused.
+      this.response.destroy();
+      this.notify();
+      return false;
+    }
+  }
+
+  /**
+   * After [DONE]: drops what else the body holds, still reading it so that the connection can be
+   * reused, and resolves true once the response ended, false when it broke off or did not end
+   * within `ms` (the caller then closes the connection).
+   */
+  drain(ms: number): Promise<boolean> {
+    this.draining = true;
+    this.queue.length = 0;
+    if (this.response.isPaused()) this.response.resume();
+    if (this.ended || this.failure) return Promise.resolve(this.ended && !this.failure);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.wake = undefined;
+        resolve(false);
+      }, ms);
+      // Woken only by the end, the close or an error of the response: data is not announced while draining.
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve(this.ended && !this.failure);
+      };
     });
   }
 
@@ -320,23 +382,32 @@ class RequestGuard {
   }
 }
 
-async function errorFromResponse(worker: WorkerEndpoint, response: Response): Promise<ServerError> {
+async function errorFromResponse(worker: WorkerEndpoint, response: Response, keySent: boolean): Promise<ServerError> {
   let text = "";
   try {
     text = await response.text();
   } catch {
     // No body: the status text says enough.
   }
-  return errorFromBody(worker, response.status, response.statusText, text);
+  return errorFromBody(worker, response.status, response.statusText, text, keySent);
 }
 
-function errorFromBody(worker: WorkerEndpoint, status: number, statusText: string, text: string): ServerError {
+/**
+ * The status for an HTTP error answer, with the worker's message when it gives one: OpenAI's
+ * {"error":{"message":…}}, vLLM's top-level {"object":"error","message":…}, or a bare
+ * {"error":"…"}. `keySent` says whether the request carried an API key.
+ */
+function errorFromBody(worker: WorkerEndpoint, status: number, statusText: string, text: string, keySent: boolean): ServerError {
+  // Before the body is looked at: it may quote the refused key.
+  if (isApiKeyRejection(status)) return apiKeyRejectedError(worker, status, keySent);
   let message = statusText;
   try {
-    const body = JSON.parse(text) as { error?: { message?: string } | string; message?: string };
-    message = typeof body.error === "string" ? body.error : (body.error?.message ?? body.message ?? text);
+    const body = JSON.parse(text) as { error?: { message?: unknown } | string | null; message?: unknown } | null;
+    const found = typeof body?.error === "string" ? body.error : (body?.error?.message ?? body?.message);
+    // A message that is not a string is shown as JSON; a body without one is shown whole.
+    message = typeof found === "string" ? found || text : found === undefined || found === null ? text : JSON.stringify(found);
   } catch {
-    // Not JSON: the status text says enough.
+    // Not JSON (an error page of a proxy, or a body cut at the read limit): the status text says enough.
   }
-  return new ServerError(statusForWorkerErrorCode(status), `worker ${worker.id} answered HTTP ${status}: ${message}`);
+  return new ServerError(statusForWorkerErrorCode(status), `worker ${worker.id} answered HTTP ${status}: ${boundedWorkerMessage(message)}`);
 }
