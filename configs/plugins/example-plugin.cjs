@@ -29,6 +29,6 @@ exports.register = ({ hooks, tools, agentTypes }) => {
     maxIterations: 2,
     toolAgentType: "explore",
     tools: [],
-    hooks: { pre_tool_use: [{ kind: "plugin", plugin: "no-dotenv" }], post_tool_use: [], on_iteration: [], on_finish: [] },
+    hooks: { pre_tool_use: [{ kind: "plugin", plugin: "no-dotenv", timeoutMs: undefined }], post_tool_use: [], on_iteration: [], on_finish: [] },
   });
 };

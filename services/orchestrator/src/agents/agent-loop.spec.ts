@@ -51,6 +51,12 @@ const testAgentTypes = (hookBase: string) => `
     tools: [read_file, list_files]
     workspace_access: read-only
     budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10 }
+  pricey:
+    description: Reads files on a cost budget that one model call uses up.
+    max_iterations: 5
+    tools: [read_file]
+    workspace_access: read-only
+    budgets: { max_tokens: 100000, timeout_ms: 60000, max_tool_calls: 10, max_cost_usd: 0.000001 }
   redirected:
     description: Reads files through in-process hooks that redirect every read and redact digits.
     max_iterations: 2
@@ -161,7 +167,9 @@ describe("agent loop", () => {
     await new Promise<void>((resolve) => hookServer.listen(0, "127.0.0.1", resolve));
     const hookBase = `http://127.0.0.1:${(hookServer.address() as { port: number }).port}`;
     const agentsConfig = join(configDir, "agents.yaml");
-    await writeFile(agentsConfig, (await readFile(join(rootDir, "configs/agents.yaml"), "utf8")) + testAgentTypes(hookBase));
+    // A dollar per million tokens of any model: what the pricey type's cost budget is counted in.
+    const prices = "model_prices:\n  default: { prompt_usd_per_million_tokens: 1, completion_usd_per_million_tokens: 1 }\n";
+    await writeFile(agentsConfig, prices + (await readFile(join(rootDir, "configs/agents.yaml"), "utf8")) + testAgentTypes(hookBase));
 
     const { url } = await simulator.listen(0);
     const { host: broker } = await createInferenceBroker(
@@ -304,7 +312,7 @@ describe("agent loop", () => {
   it("refuses an unknown agent type with INVALID_ARGUMENT naming the field and the known types", async () => {
     await expect(run(request("wizard", "hello"))).rejects.toMatchObject({
       code: Status.INVALID_ARGUMENT,
-      details: expect.stringContaining('agent_type: unknown agent type "wizard" (known: brief, broken, chat, delegator, edit, explore, guarded, plan, redirected, withheld)'),
+      details: expect.stringContaining('agent_type: unknown agent type "wizard" (known: brief, broken, chat, delegator, edit, explore, guarded, plan, pricey, redirected, withheld)'),
     });
   });
 
@@ -529,6 +537,14 @@ describe("agent loop", () => {
     expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_SUCCEEDED, iterations: 2 });
     expect(outcome.response).not.toContain("4711");
     expect(recorder.runs.get(outcome.runId)!.toolCalls[0]!.resultJson).not.toContain("4711");
+  });
+
+  it("stops a run that spends its cost budget, priced by model_prices", async () => {
+    const { outcome, modelUsage } = await run(request("pricey", 'call read_file {"path":"notes.txt"} then answer'));
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "budget", iterations: 1 });
+    // At a dollar per million tokens, the first call's tokens cost more than the budget's $0.000001.
+    const spent = (modelUsage[0]!.promptTokens + modelUsage[0]!.completionTokens) / 1_000_000;
+    expect(outcome.error).toBe(`the run spent $${spent.toFixed(6)} of its $0.000001 cost budget`);
   });
 
   it("stops a run that uses up its token budget", async () => {

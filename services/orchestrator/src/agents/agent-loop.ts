@@ -24,7 +24,7 @@ import type { HookPayload } from "../hooks/hook-types";
 import type { PluginToolRegistry } from "../plugins/plugin-tools";
 import type { ActiveRuns } from "../runs/active-runs";
 import { interruptedStopReason, type RunFinishedRecord, type RunRecorder, type ToolCallRecord } from "../runs/run-records";
-import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog } from "./agent-types";
+import { spawnSubagentsToolName, type AgentType, type AgentTypeCatalog, type ModelPrice } from "./agent-types";
 import type { RelayInferenceServiceDefinition } from "./chat-agent";
 import { untilAborted } from "./abortable";
 import { createRunBudget, type RunBudget } from "./run-budget";
@@ -156,6 +156,8 @@ interface LoopRun {
 
 /** What the model said in one call. */
 interface ModelTurn {
+  /** The model that answered, as the broker resolved it (an alias or "" becomes its id). */
+  model: string;
   content: string;
   toolCalls: ToolCall[];
   finishReason: FinishReason;
@@ -341,6 +343,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         maxTokens: capped(overrides?.maxTokens, agentType.budgets.maxTokens),
         timeoutMs: capped(overrides?.timeoutMs, agentType.budgets.timeoutMs),
         maxToolCalls: agentType.budgets.maxToolCalls,
+        maxCostUsd: agentType.budgets.maxCostUsd,
       });
     // The run's span; every call of the run is made with (a signal linked from) its signal, so one trace holds them.
     const runSpan = startSignalSpan("run_agent", options.signal, { agent_type: agentType.name, run_id: options.runId, parent_run_id: options.parentRunId, depth: options.depth });
@@ -476,6 +479,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         inference.end();
         addUsage(usage, turn.usage);
         budget.addTokens(turn.usage ? turn.usage.totalTokens || turn.usage.promptTokens + turn.usage.completionTokens : 0);
+        budget.addCost(costOf(deps.catalog.priceOf(turn.model || model), turn.usage));
         response = turn.content;
         turn.toolCalls.forEach((call, index) => {
           // Some models send no id; the tool message must still answer one.
@@ -503,6 +507,13 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
         }
         if (budget.tokensExhausted()) {
           return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "budget", error: `the run used ${budget.tokensUsed} of its ${budget.limits.maxTokens} tokens` });
+        }
+        if (budget.costExhausted()) {
+          return await finish({
+            status: AgentStatus.AGENT_STATUS_FAILED,
+            stopReason: "budget",
+            error: `the run spent $${budget.costUsd.toFixed(6)} of its $${String(budget.limits.maxCostUsd)} cost budget`,
+          });
         }
         if (results.some(({ refusedByBudget }) => refusedByBudget)) {
           return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "budget", error: `the run used all of its ${budget.limits.maxToolCalls} tool calls` });
@@ -561,7 +572,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     signal: AbortSignal,
     relay: (encoded: Uint8Array) => Promise<void>,
   ): Promise<ModelTurn> {
-    const turn: ModelTurn = { content: "", toolCalls: [], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, usage: undefined };
+    const turn: ModelTurn = { model: "", content: "", toolCalls: [], finishReason: FinishReason.FINISH_REASON_UNSPECIFIED, usage: undefined };
     const calls = new Map<number, ToolCall>();
     const events = deps.inference.chat(
       { model, messages: [...messages], tools, sampling: request.sampling, userId: request.userId, sessionId: request.sessionId, bypassCache: request.bypassCache },
@@ -570,6 +581,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
     for await (const encoded of events) {
       // Decoded for the loop's own use; relayed as the broker's bytes.
       const event = ChatEvent.decode(encoded);
+      if (event.model !== "") turn.model = event.model;
       switch (event.event?.$case) {
         case "contentDelta":
           turn.content += event.event.value;
@@ -615,6 +627,7 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       { signal },
     );
     return {
+      model: response.model,
       content: response.message?.content ?? "",
       toolCalls: response.message?.toolCalls ?? [],
       finishReason: response.finishReason,
@@ -964,6 +977,12 @@ const statusNames: Partial<Record<AgentStatus, string>> = {
   [AgentStatus.AGENT_STATUS_CANCELLED]: "cancelled",
   [AgentStatus.AGENT_STATUS_INTERRUPTED]: "interrupted",
 };
+
+/** What a model call cost in US dollars; nothing without a price (no cost budget can be set then). */
+function costOf(price: ModelPrice | undefined, usage: Usage | undefined): number {
+  if (!price || !usage) return 0;
+  return (usage.promptTokens * price.promptUsdPerMillionTokens + usage.completionTokens * price.completionUsdPerMillionTokens) / 1_000_000;
+}
 
 /** A caller's override of a limit: unset (0) keeps the configured value, a larger one is capped to it. */
 function capped(override: number | undefined, configured: number): number {

@@ -37,6 +37,21 @@ describe("agent types", () => {
     expect(agentTypeInfo(catalog.get("plan")!, ["read_file"])).toMatchObject({ name: "plan", tools: ["read_file", "spawn_subagents"], subagentTypes: ["explore"] });
   });
 
+  it("reads max_cost_usd and model_prices, and refuses a cost limit without prices", async () => {
+    expect(parseAgentTypes(minimal(), "agents.yaml").get("explore")?.budgets.maxCostUsd).toBeUndefined();
+    const withCost = minimal().replace("max_tool_calls: 3 }", "max_tool_calls: 3, max_cost_usd: 0.5 }");
+    expect(() => parseAgentTypes(withCost, "agents.yaml")).toThrow(/^agents\.yaml:7: agents\.explore\.budgets\.max_cost_usd: needs model_prices/);
+    const path = join(dir, "agents.yaml");
+    await writeFile(
+      path,
+      `model_prices:\n  big: { prompt_usd_per_million_tokens: 3, completion_usd_per_million_tokens: 15 }\n  default: { prompt_usd_per_million_tokens: 0.1, completion_usd_per_million_tokens: 0.4 }\n${withCost}`,
+    );
+    const catalog = await loadAgentTypeCatalog(path, { logger });
+    expect(catalog.get("explore")?.budgets.maxCostUsd).toBe(0.5);
+    expect(catalog.priceOf("big")).toEqual({ promptUsdPerMillionTokens: 3, completionUsdPerMillionTokens: 15 });
+    expect(catalog.priceOf("other")).toEqual({ promptUsdPerMillionTokens: 0.1, completionUsdPerMillionTokens: 0.4 });
+  });
+
   it("reads context_budget_tokens, 32768 when unset", () => {
     expect(parseAgentTypes(minimal(), "agents.yaml").get("explore")?.contextBudgetTokens).toBe(32_768);
     expect(parseAgentTypes(minimal("    context_budget_tokens: 4096\n"), "agents.yaml").get("explore")?.contextBudgetTokens).toBe(4096);
@@ -111,7 +126,7 @@ describe("agent types", () => {
     const catalog = await loadAgentTypeCatalog(path, { logger, hookPlugins: hooks });
     await writeFile(path, withHook("audti"));
     await expect(catalog.reload()).resolves.toMatchObject({ ok: false, error: expect.stringContaining('hook plugin "audti" is not registered') });
-    expect(() => catalog.register({ name: "coded", description: "x", maxIterations: 1, toolAgentType: "explore", hooks: { pre_tool_use: [{ kind: "plugin", plugin: "nope" }], post_tool_use: [], on_iteration: [], on_finish: [] } })).toThrow(
+    expect(() => catalog.register({ name: "coded", description: "x", maxIterations: 1, toolAgentType: "explore", hooks: { pre_tool_use: [{ kind: "plugin", plugin: "nope", timeoutMs: undefined }], post_tool_use: [], on_iteration: [], on_finish: [] } })).toThrow(
       'agent type "coded": hooks.pre_tool_use: hook plugin "nope" is not registered',
     );
   });

@@ -19,6 +19,14 @@ export interface AgentBudgets {
   readonly timeoutMs: number;
   /** Tool calls over the whole run, sub-agents included. */
   readonly maxToolCalls: number;
+  /** US dollars over the whole run, sub-agents included, priced by model_prices; undefined: no limit. */
+  readonly maxCostUsd: number | undefined;
+}
+
+/** What a model's tokens cost, in US dollars per million (model_prices of the agents file). */
+export interface ModelPrice {
+  readonly promptUsdPerMillionTokens: number;
+  readonly completionUsdPerMillionTokens: number;
 }
 
 /** One agent type: what it is told, what it may call and how long it may go on. */
@@ -63,6 +71,8 @@ export interface AgentTypeCatalog {
   require(name: string): AgentType;
   /** Sorted by name. */
   list(): readonly AgentType[];
+  /** The price of a model's tokens (model_prices; its "default" entry for a model it does not name). */
+  priceOf(model: string): ModelPrice | undefined;
   /**
    * Reads the file again. An invalid file leaves the catalog as it was: the error is returned
    * (and logged), never thrown, so that a typo in a live edit does not take running agents down.
@@ -104,6 +114,7 @@ const agentSchema = z
         // Node's timers hold at most 2^31-1 ms; a longer AbortSignal.timeout would fire after 1 ms instead.
         timeout_ms: positiveInteger.max(maxTimeoutMs),
         max_tool_calls: z.number().int().min(0),
+        max_cost_usd: z.number().positive().optional(),
       })
       .strict(),
     // The context service's budgets are uint32; a window smaller than 256 tokens holds no conversation.
@@ -120,6 +131,13 @@ const agentsFileSchema = z
   .object({
     /** Read by the tool-runner only (the agent type of a tool call that names none). */
     default_agent_type: z.string().optional(),
+    /** Prices of the models' tokens by model id ("default": any other model), for max_cost_usd. */
+    model_prices: z
+      .record(
+        z.string().min(1),
+        z.object({ prompt_usd_per_million_tokens: z.number().min(0), completion_usd_per_million_tokens: z.number().min(0) }).strict(),
+      )
+      .default({}),
     agents: z.record(agentTypeName, agentSchema),
   })
   .strict();
@@ -131,7 +149,7 @@ const codeDefaults = {
   workspaceAccess: "read-only",
   subagents: [] as readonly string[],
   systemPrompt: "",
-  budgets: { maxTokens: 100_000, timeoutMs: 300_000, maxToolCalls: 50 },
+  budgets: { maxTokens: 100_000, timeoutMs: 300_000, maxToolCalls: 50, maxCostUsd: undefined },
   contextBudgetTokens: defaultContextBudgetTokens,
   hooks: noHooks,
 } as const;
@@ -148,6 +166,16 @@ export function parseAgentTypes(
   codeTypes: ReadonlyMap<string, AgentType> = new Map(),
   hookPlugins?: HookPluginNames,
 ): Map<string, AgentType> {
+  return parseAgentsFile(text, source, codeTypes, hookPlugins).types;
+}
+
+/** The agent types of an agents file and its model prices. */
+function parseAgentsFile(
+  text: string,
+  source: string,
+  codeTypes: ReadonlyMap<string, AgentType>,
+  hookPlugins: HookPluginNames | undefined,
+): { types: Map<string, AgentType>; prices: Map<string, ModelPrice> } {
   const parsed = parseYamlFile(text, source);
   if ("error" in parsed) throw new AgentTypesConfigError(parsed.error);
   const validated = validateYamlFile(agentsFileSchema, parsed.file);
@@ -166,7 +194,12 @@ export function parseAgentTypes(
       workspaceAccess: agent.workspace_access,
       subagents: agent.subagents,
       systemPrompt: agent.system_prompt,
-      budgets: { maxTokens: agent.budgets.max_tokens, timeoutMs: agent.budgets.timeout_ms, maxToolCalls: agent.budgets.max_tool_calls },
+      budgets: {
+        maxTokens: agent.budgets.max_tokens,
+        timeoutMs: agent.budgets.timeout_ms,
+        maxToolCalls: agent.budgets.max_tool_calls,
+        maxCostUsd: agent.budgets.max_cost_usd,
+      },
       contextBudgetTokens: agent.context_budget_tokens,
       hooks: {
         pre_tool_use: hooks.pre_tool_use.map(toHookTarget),
@@ -177,6 +210,14 @@ export function parseAgentTypes(
       toolAgentType: name,
       source: "file",
     });
+  }
+  // A cost limit needs prices: without a price for the model the run uses, its cost would be 0.
+  if (Object.keys(validated.data.model_prices).length === 0) {
+    for (const [name, agent] of types) {
+      if (agent.budgets.maxCostUsd !== undefined) {
+        throw new AgentTypesConfigError(file.describe(["agents", name, "budgets", "max_cost_usd"], "needs model_prices (prices per million tokens by model id, or a default)"));
+      }
+    }
   }
   // A hook plugin nobody registered would deny every call of the type at run time (fail closed):
   // a typo in the file is refused now, with its line, instead.
@@ -207,7 +248,13 @@ export function parseAgentTypes(
       }
     });
   }
-  return types;
+  const prices = new Map(
+    Object.entries(validated.data.model_prices).map(([model, price]) => [
+      model,
+      { promptUsdPerMillionTokens: price.prompt_usd_per_million_tokens, completionUsdPerMillionTokens: price.completion_usd_per_million_tokens },
+    ]),
+  );
+  return { types, prices };
 }
 
 function toHookTarget(target: z.infer<typeof hookTargetSchema>): HookTarget {
@@ -223,7 +270,7 @@ function toHookTarget(target: z.infer<typeof hookTargetSchema>): HookTarget {
 export async function loadAgentTypeCatalog(path: string, options: { logger: Logger; hookPlugins?: HookPluginNames }): Promise<AgentTypeCatalog> {
   const codeTypes = new Map<string, AgentType>();
   const { hookPlugins } = options;
-  let fileTypes = parseAgentTypes(await readAgentsFile(path), path, codeTypes, hookPlugins);
+  let { types: fileTypes, prices } = parseAgentsFile(await readAgentsFile(path), path, codeTypes, hookPlugins);
   let version = 1;
   let merged = merge(fileTypes, codeTypes);
 
@@ -240,9 +287,10 @@ export async function loadAgentTypeCatalog(path: string, options: { logger: Logg
       throw new ServerError(Status.INVALID_ARGUMENT, `agent_type: unknown agent type ${JSON.stringify(name)} (known: ${known})`);
     },
     list: () => [...merged.values()].sort((a, b) => a.name.localeCompare(b.name)),
+    priceOf: (model) => prices.get(model) ?? prices.get("default"),
     async reload() {
       try {
-        fileTypes = parseAgentTypes(await readAgentsFile(path), path, codeTypes, hookPlugins);
+        ({ types: fileTypes, prices } = parseAgentsFile(await readAgentsFile(path), path, codeTypes, hookPlugins));
       } catch (error: unknown) {
         const message = error instanceof Error ? error.message : String(error);
         options.logger.error({ err: error }, `agent types not reloaded, the previous ones stay in use: ${message}`);

@@ -11,7 +11,12 @@ export interface RunBudget {
   readonly deadline: AbortSignal;
   readonly tokensUsed: number;
   readonly toolCallsUsed: number;
+  /** US dollars spent so far, as priced by the agents file. */
+  readonly costUsd: number;
   addTokens(tokens: number): void;
+  addCost(usd: number): void;
+  /** Whether the run's max_cost_usd is spent (checked after each model call); never without one. */
+  costExhausted(): boolean;
   /** Whether the pool's tokens are used up (checked after each model call). */
   tokensExhausted(): boolean;
   /** Takes up to `count` tool calls from the pool; returns how many were granted. */
@@ -22,6 +27,7 @@ export interface RunBudget {
 export function createRunBudget(limits: AgentBudgets): RunBudget {
   let tokensUsed = 0;
   let toolCallsUsed = 0;
+  let costUsd = 0;
   const deadline = AbortSignal.timeout(limits.timeoutMs);
   return {
     limits,
@@ -32,9 +38,16 @@ export function createRunBudget(limits: AgentBudgets): RunBudget {
     get toolCallsUsed() {
       return toolCallsUsed;
     },
+    get costUsd() {
+      return costUsd;
+    },
     addTokens(tokens) {
       tokensUsed += tokens;
     },
+    addCost(usd) {
+      costUsd += usd;
+    },
+    costExhausted: () => limits.maxCostUsd !== undefined && costUsd >= limits.maxCostUsd,
     tokensExhausted: () => tokensUsed >= limits.maxTokens,
     takeToolCalls(count) {
       const granted = Math.max(0, Math.min(count, limits.maxToolCalls - toolCallsUsed));
