@@ -1,7 +1,7 @@
 import type { InferenceAdminServiceImplementation, ProviderKeyInfo, UsageRow } from "@vlinders/proto";
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerPool } from "./pool/worker-pool";
-import { withWorker, withoutWorker } from "./registry/catalog-edits";
+import { withWorker, withoutWorker, type OperatorEdits } from "./registry/catalog-edits";
 import { normalizeWorkerUrl, type ModelRegistry, type WorkerEndpoint } from "./registry/model-registry";
 import type { WorkerClient } from "./upstream/worker-client";
 
@@ -23,6 +23,8 @@ export interface AdminServiceDependencies {
   workers: WorkerClient;
   /** Reads the worker configuration again (models file or VLLM_URLS discovery) and applies it. */
   reload(signal: AbortSignal): Promise<{ models: string[]; added: string[]; removed: string[] }>;
+  /** AddWorker and RemoveWorker are recorded here, so that `reload` keeps them. */
+  operatorEdits: OperatorEdits;
   vault?: KeyVaultAdminPort;
   usage?: UsageReportPort;
 }
@@ -79,6 +81,7 @@ export function createInferenceAdminService(deps: AdminServiceDependencies): Inf
         models = (listed.data ?? []).flatMap((model) => (typeof model.id === "string" && model.id !== "" ? [model.id] : []));
         if (models.length === 0) throw new ServerError(Status.FAILED_PRECONDITION, `worker ${request.id} lists no models at ${endpoint.url}/v1/models`);
       }
+      deps.operatorEdits.added(endpoint, models);
       registry.replace(withWorker(registry.current(), endpoint, models));
       const worker = pool.add(endpoint, models);
       return worker.status(performance.now(), pool.settings.metricsStaleAfterMs);
@@ -92,6 +95,7 @@ export function createInferenceAdminService(deps: AdminServiceDependencies): Inf
 
     async removeWorker(request, context) {
       if (!pool.get(request.id)) throw new ServerError(Status.NOT_FOUND, `id: no worker "${request.id}"`);
+      deps.operatorEdits.removed(request.id);
       registry.replace(withoutWorker(registry.current(), request.id));
       const removed = pool.remove(request.id, request.force);
       // Waiting for requests in flight is bounded by this call's deadline; the worker leaves anyway.

@@ -350,6 +350,28 @@ describe("changing the pool at run time", () => {
     }
   });
 
+  it("keeps a worker an operator added, and leaves out one they removed, across reloads of the models file", async () => {
+    const fleet = await startFleet({ a: {}, b: {} });
+    const extra = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1 });
+    try {
+      const { url } = await extra.listen(0);
+      const urlOfA = (await fleet.admin.getPoolStatus({})).workers.find((worker) => worker.id === "a")!.url;
+      await fleet.admin.addWorker({ id: "c", url, models: ["vlinders-sim-chat"], maxNumSeqs: 8, provider: "" });
+      await fleet.admin.removeWorker({ id: "a", force: false });
+      // The models file still lists a and b, and not c.
+      await expect(fleet.admin.reloadModels({})).resolves.toMatchObject({ workersAdded: [], workersRemoved: [] });
+      const { workers } = await fleet.admin.getPoolStatus({});
+      expect(workers.map((worker) => worker.id)).toEqual(["b", "c"]);
+      // An operator who adds a back gets it back, and it stays through the next reload too.
+      await fleet.admin.addWorker({ id: "a", url: urlOfA, models: ["vlinders-sim-chat"], maxNumSeqs: 8, provider: "" });
+      await fleet.admin.reloadModels({});
+      expect((await fleet.admin.getPoolStatus({})).workers.map((worker) => worker.id)).toEqual(["a", "b", "c"]);
+    } finally {
+      await fleet.stop();
+      await extra.close();
+    }
+  });
+
   it("reports each worker's health, load, heartbeat and models", async () => {
     const fleet = await startFleet({ a: {} });
     try {

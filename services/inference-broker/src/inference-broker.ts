@@ -16,6 +16,7 @@ import { createUsageRecorder } from "./providers/usage-recorder";
 import { createInProcessQuotaLimiter, createRedisQuotaLimiter } from "./quotas/quota-limiter";
 import { createRedisConnection } from "@vlinders/redis";
 import { discoverModels, parseWorkerUrls } from "./registry/discovery";
+import { OperatorEdits } from "./registry/catalog-edits";
 import { ModelRegistry, type ModelCatalog } from "./registry/model-registry";
 import { loadModelsConfig } from "./registry/models-config";
 import { WorkerRouter } from "./routing/worker-router";
@@ -64,8 +65,9 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
       ...(config.DEFAULT_EMBEDDING_MODEL === undefined ? {} : { defaultEmbeddingModel: config.DEFAULT_EMBEDDING_MODEL }),
     });
   };
+  const operatorEdits = new OperatorEdits();
   const reload = async (signal: AbortSignal) => {
-    const catalog = await loadCatalog(signal);
+    const catalog = operatorEdits.apply(await loadCatalog(signal));
     // Rediscovery that reached no worker keeps what is known rather than emptying the pool.
     if (catalog.models.length === 0 && registry.list().length > 0) return { models: registry.list().map((model) => model.id), added: [], removed: [] };
     registry.replace(catalog);
@@ -118,7 +120,7 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
     ...(vault ? { vault } : {}),
   });
   host.add(BrokerInferenceServiceDefinition, createInferenceService({ registry, pool, dispatcher }));
-  host.add(InferenceAdminServiceDefinition, createInferenceAdminService({ registry, pool, workers, reload, usage, ...(vault ? { vault } : {}) }));
+  host.add(InferenceAdminServiceDefinition, createInferenceAdminService({ registry, pool, workers, reload, operatorEdits, usage, ...(vault ? { vault } : {}) }));
   host.onShutdown(async () => {
     await usage.close();
     await cache.close();

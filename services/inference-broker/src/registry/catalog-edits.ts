@@ -20,3 +20,33 @@ export function withoutWorker(catalog: ModelCatalog, workerId: string): ModelCat
     models: catalog.models.map((model) => ({ ...model, workers: model.workers.filter((worker) => worker.id !== workerId) })),
   };
 }
+
+/**
+ * What operators changed at run time (AddWorker, RemoveWorker), kept so that every later reload
+ * (the models file, SIGHUP, ReloadModels, VLLM_URLS rediscovery) applies it again: without it the
+ * next rediscovery removed a worker an operator had added, and brought back one they had removed.
+ * The last edit of a worker wins; a worker is an operator's until the process restarts.
+ */
+export class OperatorEdits {
+  private readonly edits = new Map<string, { kind: "added"; endpoint: WorkerEndpoint; modelIds: readonly string[] } | { kind: "removed" }>();
+
+  added(endpoint: WorkerEndpoint, modelIds: readonly string[]): void {
+    // Re-inserted: the edits apply in the order they were made.
+    this.edits.delete(endpoint.id);
+    this.edits.set(endpoint.id, { kind: "added", endpoint, modelIds });
+  }
+
+  removed(workerId: string): void {
+    this.edits.delete(workerId);
+    this.edits.set(workerId, { kind: "removed" });
+  }
+
+  /** The catalog as loaded, with the operators' edits on top. */
+  apply(catalog: ModelCatalog): ModelCatalog {
+    let edited = catalog;
+    for (const [workerId, edit] of this.edits) {
+      edited = edit.kind === "added" ? withWorker(edited, edit.endpoint, edit.modelIds) : withoutWorker(edited, workerId);
+    }
+    return edited;
+  }
+}
