@@ -465,6 +465,35 @@ describe("metrics", () => {
   });
 });
 
+describe("usage of a stream cut short", () => {
+  it("counts the tokens sent before the cut (the worker's usage never came) instead of none", async () => {
+    const fleet = await startFleet({ a: { interTokenLatencyMs: 200 } });
+    try {
+      const controller = new AbortController();
+      let received = 0;
+      const cut = (async () => {
+        for await (const event of fleet.inference.chat(ask("one two three four five six seven eight nine ten"), { signal: controller.signal })) {
+          if (event.event?.$case === "contentDelta" && (received += 1) === 3) controller.abort();
+        }
+      })().catch((error: unknown) => error);
+      expect(await cut).toMatchObject({ name: "AbortError" });
+      const completion = /broker_tokens_total\{[^}]*model="vlinders-sim-chat"[^}]*kind="completion"[^}]*\} (\d+)/;
+      const prompt = /broker_tokens_total\{[^}]*model="vlinders-sim-chat"[^}]*kind="prompt"[^}]*\} (\d+)/;
+      // Accounted as the broker's call ends, which follows the cancel.
+      let text = "";
+      for (let waited = 0; waited < 3_000 && !completion.test(text); waited += 20) {
+        text = await fleet.runtime.metricsRegistry.metrics();
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      expect(Number(completion.exec(text)?.[1])).toBeGreaterThanOrEqual(3);
+      expect(Number(completion.exec(text)?.[1])).toBeLessThan(10);
+      expect(Number(prompt.exec(text)?.[1])).toBeGreaterThan(0);
+    } finally {
+      await fleet.stop();
+    }
+  });
+});
+
 describe("provider keys", () => {
   const masterKey = Buffer.alloc(32, 7).toString("base64");
   const otherMasterKey = Buffer.alloc(32, 9).toString("base64");

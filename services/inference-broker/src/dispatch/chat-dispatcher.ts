@@ -120,6 +120,8 @@ export class ChatDispatcher {
         const translator = new ChatChunkTranslator(worker.id);
         const collected: ChatEvent[] | undefined = cacheKey === undefined ? undefined : [];
         let delivered = false;
+        /** Content and tool-call deltas sent: about one token each, the count of a stream cut before its usage. */
+        let deltasDelivered = 0;
         let settled = false;
         let lastSentAt = 0;
         const interTokenLatency = metrics.interTokenLatency.labels(model.id);
@@ -133,6 +135,8 @@ export class ChatDispatcher {
               event.model = model.id;
               collected?.push(event);
               yield event;
+              const kind = event.event?.$case;
+              if (kind === "contentDelta" || kind === "toolCallDelta") deltasDelivered += 1;
               const sentAt = performance.now();
               if (!delivered) {
                 delivered = true;
@@ -179,7 +183,9 @@ export class ChatDispatcher {
           if (!settled) {
             // Cut short (an error, or the client left): what the worker generated still counts;
             // an attempt that produced nothing gives its estimate back.
-            if (delivered) this.account(model, worker, translator.takeUsage(), quotaKeys, estimatedTokens);
+            // The worker's usage comes in the last chunk, which a cut stream never gets: then the
+            // prompt is estimated and every delta sent counts as a token, rather than nothing.
+            if (delivered) this.account(model, worker, translator.takeUsage() ?? { promptTokens: estimatePromptTokens(request), completionTokens: deltasDelivered }, quotaKeys, estimatedTokens);
             else this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
           }
         }
@@ -292,8 +298,13 @@ export class ChatDispatcher {
 
 /** A rough count before the real one is known: about four characters a token, plus the answer's budget. */
 export function estimateTokens(request: ChatRequest): number {
+  return estimatePromptTokens(request) + (request.sampling?.maxTokens ?? 512);
+}
+
+/** The prompt's tokens, roughly: about four characters a token. */
+function estimatePromptTokens(request: ChatRequest): number {
   let characters = 0;
   for (const message of request.messages) characters += message.content.length;
-  return Math.ceil(characters / 4) + (request.sampling?.maxTokens ?? 512);
+  return Math.ceil(characters / 4);
 }
 
