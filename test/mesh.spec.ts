@@ -215,6 +215,36 @@ describe("the orchestrator's AgentService", () => {
   });
 });
 
+describe("an agent run refused for lack of room", () => {
+  let mesh: InProcessMesh;
+  let channel: Channel;
+
+  beforeAll(async () => {
+    mesh = await startInProcessMesh({ orchestratorEnv: { MAX_CONCURRENT_RUNS: "1", MAX_QUEUED_RUNS: "0" }, simulator: { interTokenLatencyMs: 100 } });
+    channel = createChannel(mesh.gatewayAddress);
+  });
+
+  afterAll(async () => {
+    channel.close();
+    await mesh.stop();
+  });
+
+  it("gives the caller RESOURCE_EXHAUSTED with a retry-after-ms trailer, through the gateway", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    const run = (instruction: string, onTrailer?: (trailer: Metadata) => void) =>
+      agents.runAgent(
+        { agentType: "chat", instruction, workspaceId: "", model: "", history: [], tools: [], sampling: undefined, userId: "", sessionId: "", overrides: undefined, bypassCache: false },
+        onTrailer ? { onTrailer } : {},
+      );
+    const first = run("one two three four five six seven eight");
+    for (let waited = 0; mesh.simulator.stats.running === 0 && waited < 5_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+    let trailer: Metadata | undefined;
+    await expect(run("no room for me", (received) => (trailer = received))).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("retry after") });
+    expect(Number(trailer?.get("retry-after-ms"))).toBeGreaterThan(0);
+    await expect(first).resolves.toMatchObject({ response: "one two three four five six seven eight" });
+  });
+});
+
 describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
   let mesh: InProcessMesh;
   let channel: Channel;

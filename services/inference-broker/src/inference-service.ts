@@ -1,4 +1,5 @@
 import { ChatEvent, InferenceServiceDefinition, withEncodedResponses } from "@vlinders/proto";
+import { retryAfterTrailer } from "@vlinders/service-runtime";
 import type { ServiceImplementation } from "nice-grpc";
 import { assembleChatResponse } from "./cache/replay";
 import type { ChatDispatcher } from "./dispatch/chat-dispatcher";
@@ -12,7 +13,7 @@ export interface InferenceServiceDependencies {
 }
 
 /** Metadata key of the retry hint sent with RESOURCE_EXHAUSTED (also part of the message). */
-export const retryAfterTrailer = "retry-after-ms";
+export { retryAfterTrailer } from "@vlinders/service-runtime";
 
 /**
  * InferenceService as the broker serves it: Chat events are encoded here, once, without the

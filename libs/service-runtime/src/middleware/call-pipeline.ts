@@ -5,6 +5,7 @@ import { linkSignals } from "../linked-signal";
 import type { GrpcServerMetrics } from "../metrics";
 import type { CallInterceptor } from "../transport/grpc-server";
 import { createCallRecorder } from "./call-observer";
+import { retryAfterOf, retryAfterTrailer } from "../retry-hint";
 import { createErrorMapper } from "./error-boundary";
 import { createInternalAuthCheck } from "./internal-auth";
 import { bindTraceContext, startServerSpan, traceFields } from "./tracing";
@@ -38,6 +39,9 @@ export function createCallPipeline(options: {
       await otelContext.with(span.active, () => invoke({ ...context, signal: linked.signal }));
     } catch (error: unknown) {
       const mapped = toServerError(error, call.path);
+      // Its own refusal's hint, or a downstream's passed on: the caller learns when to come back.
+      const retryAfterMs = retryAfterOf(error);
+      if (retryAfterMs !== undefined && mapped.code === Status.RESOURCE_EXHAUSTED) context.trailer.set(retryAfterTrailer, String(retryAfterMs));
       code = mapped.code;
       message = mapped.details;
       throw mapped;

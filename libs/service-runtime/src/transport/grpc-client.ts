@@ -10,6 +10,7 @@ import {
 import { connect as connectTcp, isIP, type Socket } from "node:net";
 import { AbortError } from "abort-controller-x";
 import { ClientError, type Metadata, Status } from "nice-grpc-common";
+import { parseRetryAfter, retryAfterTrailer, withRetryAfter } from "../retry-hint";
 import { FrameDecoder, frameMessage } from "./grpc-frames";
 import { addMetadataHeaders, decodeGrpcMessage, formatGrpcTimeout, grpcStatusOf, metadataFromHeaders, statusOfHttpStatus } from "./grpc-metadata";
 
@@ -187,8 +188,11 @@ export async function* callOverHttp2<Message>(
     wake = undefined;
     resolve?.();
   };
-  const settle = (code: Status, details: string) => {
+  /** A downstream's retry hint (its `retry-after-ms`), passed on with the ClientError. */
+  let retryAfterMs: number | undefined;
+  const settle = (code: Status, details: string, statusHeaders?: IncomingHttpHeaders) => {
     outcome ??= { code, details };
+    if (statusHeaders) retryAfterMs ??= parseRetryAfter(statusHeaders[retryAfterTrailer]);
   };
 
   stream.on("response", (responseHeaders: IncomingHttpHeaders) => {
@@ -202,7 +206,7 @@ export async function* callOverHttp2<Message>(
     // Trailers-only: the status came in the headers.
     if (code !== undefined) {
       call.onTrailer?.(metadataFromHeaders(responseHeaders));
-      settle(code, decodeGrpcMessage(responseHeaders["grpc-message"]));
+      settle(code, decodeGrpcMessage(responseHeaders["grpc-message"]), responseHeaders);
     } else {
       call.onHeader?.(metadataFromHeaders(responseHeaders));
     }
@@ -219,7 +223,7 @@ export async function* callOverHttp2<Message>(
   });
   stream.on("trailers", (trailers: IncomingHttpHeaders) => {
     call.onTrailer?.(metadataFromHeaders(trailers));
-    settle(grpcStatusOf(trailers) ?? Status.UNKNOWN, decodeGrpcMessage(trailers["grpc-message"]));
+    settle(grpcStatusOf(trailers) ?? Status.UNKNOWN, decodeGrpcMessage(trailers["grpc-message"]), trailers);
   });
   stream.on("error", (error: Error) => {
     // A refused connection surfaces as "the pending stream has been canceled", caused by the connect error.
@@ -266,7 +270,10 @@ export async function* callOverHttp2<Message>(
           : `${channel.address} closed the stream without a status (HTTP/2 code ${reset ?? "none"})`,
       );
     }
-    if (outcome.code !== Status.OK) throw new ClientError(path, outcome.code, outcome.details);
+    if (outcome.code !== Status.OK) {
+      const failed = new ClientError(path, outcome.code, outcome.details);
+      throw retryAfterMs === undefined ? failed : withRetryAfter(failed, retryAfterMs);
+    }
     ended = true;
     call.onEnd?.(Status.OK, undefined);
   } catch (error: unknown) {

@@ -1,3 +1,4 @@
+import { withRetryAfter } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
 import { Counter, Gauge, Histogram, type Registry } from "prom-client";
 
@@ -162,9 +163,8 @@ export function createAdmissionController(options: AdmissionControllerOptions): 
       }
       if (queued >= maxQueuedRuns) {
         metrics?.rejected.inc({ reason: "queue_full" });
-        return Promise.reject(
-          new ServerError(Status.RESOURCE_EXHAUSTED, `too many agent runs: ${limits()}; retry after ~${retryHintMs()} ms`),
-        );
+        const hint = retryHintMs();
+        return Promise.reject(withRetryAfter(new ServerError(Status.RESOURCE_EXHAUSTED, `too many agent runs: ${limits()}; retry after ~${hint} ms`), hint));
       }
       return new Promise<AdmissionTicket>((resolve, reject) => {
         const enqueuedAt = performance.now();
@@ -188,10 +188,11 @@ export function createAdmissionController(options: AdmissionControllerOptions): 
         const timer = setTimeout(() => {
           settle();
           metrics?.rejected.inc({ reason: "queue_timeout" });
+          const hint = retryHintMs();
           reject(
-            new ServerError(
-              Status.RESOURCE_EXHAUSTED,
-              `no agent run slot became free within ${queueTimeoutMs} ms: ${limits()}; retry after ~${retryHintMs()} ms`,
+            withRetryAfter(
+              new ServerError(Status.RESOURCE_EXHAUSTED, `no agent run slot became free within ${queueTimeoutMs} ms: ${limits()}; retry after ~${hint} ms`),
+              hint,
             ),
           );
         }, queueTimeoutMs);
