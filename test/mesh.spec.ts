@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
 import * as grpc from "@grpc/grpc-js";
-import { AgentServiceDefinition, ChatEvent, ChatRequest, FinishReason, InferenceServiceDefinition } from "@vlinders/proto";
+import { AgentServiceDefinition, AgentStatus, ChatEvent, ChatRequest, FinishReason, InferenceServiceDefinition } from "@vlinders/proto";
 import { initTracing } from "@vlinders/service-runtime";
 import { createChannel, createClientFactory, Metadata, Status, type Channel } from "nice-grpc";
 import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
@@ -281,6 +281,49 @@ describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
     const result = events.find((event) => event.event?.$case === "toolResult")?.event?.value;
     expect(result).toMatchObject({ toolName: "word_count", success: true, output: "3" });
     expect(events.at(-1)?.event).toMatchObject({ $case: "runFinished", value: { stopReason: "completed", iterations: 2 } });
+  });
+
+  it("stops a run by CancelAgent, and one whose caller hung up; GetAgent reports both cancelled", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    mesh.simulator.configure({ interTokenLatencyMs: 200 });
+    try {
+      const slow = "call word_count {\"text\":\"one two three\"} then answer at length";
+      // CancelAgent by the id the run announced.
+      let runId = "";
+      const cancelled = (async () => {
+        for await (const event of agents.streamAgent(counterRun(slow))) {
+          if (event.event?.$case === "runStarted") {
+            runId = event.runId;
+            await agents.cancelAgent({ runId, reason: "" });
+          }
+          if (event.event?.$case === "runFinished") return event.event.value;
+        }
+        return undefined;
+      })();
+      await expect(cancelled).resolves.toMatchObject({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled" });
+      await expect(agents.getAgent({ runId })).resolves.toMatchObject({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled" });
+
+      // The caller hangs up mid-run: the run is cancelled as well, and the worker stops.
+      const controller = new AbortController();
+      let hungUpRunId = "";
+      const hungUp = (async () => {
+        for await (const event of agents.streamAgent(counterRun(slow), { signal: controller.signal })) {
+          if (event.event?.$case === "runStarted") hungUpRunId = event.runId;
+          if (event.event?.$case === "modelEvent") controller.abort();
+        }
+      })().catch((error: unknown) => error);
+      expect(await hungUp).toMatchObject({ name: "AbortError" });
+      let record = await agents.getAgent({ runId: hungUpRunId });
+      for (let waited = 0; record.status === AgentStatus.AGENT_STATUS_RUNNING && waited < 5_000; waited += 50) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        record = await agents.getAgent({ runId: hungUpRunId });
+      }
+      expect(record).toMatchObject({ status: AgentStatus.AGENT_STATUS_CANCELLED, stopReason: "cancelled" });
+      for (let waited = 0; mesh.simulator.stats.running > 0 && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(mesh.simulator.stats.running).toBe(0);
+    } finally {
+      mesh.simulator.configure({ interTokenLatencyMs: 2 });
+    }
   });
 
   it("lets the plugin's pre_tool_use hook deny a call", async () => {
