@@ -155,6 +155,14 @@ describe("failover before the first token, never after", () => {
     expect(fleet.simulators.a!.stats.requests).toBeGreaterThan(0);
   });
 
+  it("answers RESOURCE_EXHAUSTED, not UNAVAILABLE, when every worker answers busy (HTTP 429)", async () => {
+    fleet.simulators.a!.injectFaults({ httpErrorStatus: 429 });
+    fleet.simulators.b!.injectFaults({ httpErrorStatus: 429 });
+    const outcome = await read(fleet.inference.chat(ask("is anybody free")));
+    expect(outcome.error).toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringMatching(/^model "vlinders-sim-chat": every worker is busy \(last: worker [ab] answered HTTP 429/) });
+    expect(fleet.simulators.a!.stats.requests + fleet.simulators.b!.stats.requests).toBe(2);
+  });
+
   it("ends a stream that already has text with the worker's failure instead of repeating text elsewhere", async () => {
     const chunk = (delta: string) => `{"id":"x","object":"chat.completion.chunk","created":1,"model":"vlinders-sim-chat","choices":[{"index":0,"delta":${delta},"finish_reason":null}]}`;
     // Two tokens, then a line that is not JSON: what a broken proxy in front of a worker can send.
@@ -443,6 +451,21 @@ describe("quotas", () => {
       await fleet.stop();
     }
   });
+
+  it("holds embeddings to the model's quota too, and counts them in the metrics", async () => {
+    const fleet = await startFleet({ a: {} }, { modelExtras: "  - id: vlinders-sim-embed\n    workers: [a]\n    rpm: 1" });
+    try {
+      const embed = () => fleet.inference.embed({ model: "vlinders-sim-embed", inputs: ["butterflies carry tokens"], userId: "" });
+      await expect(embed()).resolves.toMatchObject({ model: "vlinders-sim-embed", usage: { promptTokens: expect.any(Number) } });
+      await expect(embed()).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("model:vlinders-sim-embed is over its requests per minute") });
+      const text = await fleet.runtime.metricsRegistry.metrics();
+      expect(text).toMatch(/broker_requests_total\{[^}]*model="vlinders-sim-embed"[^}]*method="embed"[^}]*status="OK"[^}]*\} 1/);
+      expect(text).toMatch(/broker_requests_total\{[^}]*model="vlinders-sim-embed"[^}]*method="embed"[^}]*status="RESOURCE_EXHAUSTED"[^}]*\} 1/);
+      expect(text).toMatch(/broker_tokens_total\{[^}]*model="vlinders-sim-embed"[^}]*kind="prompt"[^}]*\} [1-9]/);
+    } finally {
+      await fleet.stop();
+    }
+  });
 });
 
 describe("metrics", () => {
@@ -452,6 +475,10 @@ describe("metrics", () => {
       await read(fleet.inference.chat(ask("measure me please")));
       await read(fleet.inference.chat(ask("x", { model: "nope" })));
       const text = await fleet.runtime.metricsRegistry.metrics();
+      // A request refused before its model was known is counted, under a label callers cannot grow.
+      expect(text).toMatch(/broker_requests_total\{[^}]*model="\(unresolved\)"[^}]*method="chat"[^}]*status="NOT_FOUND"[^}]*\} 1/);
+      await fleet.inference.complete(ask("complete me"));
+      expect(await fleet.runtime.metricsRegistry.metrics()).toMatch(/broker_requests_total\{[^}]*model="vlinders-sim-chat"[^}]*method="complete"[^}]*status="OK"[^}]*\} 1/);
       expect(text).toMatch(/broker_time_to_first_token_seconds_count\{[^}]*model="vlinders-sim-chat"[^}]*\} 1/);
       expect(text).toMatch(/broker_added_latency_seconds_count\{[^}]*model="vlinders-sim-chat"[^}]*\} 1/);
       expect(text).toMatch(/broker_inter_token_latency_seconds_count\{[^}]*\} [1-9]/);

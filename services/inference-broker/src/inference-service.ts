@@ -40,6 +40,7 @@ export function createInferenceService(deps: InferenceServiceDependencies): Serv
       let model = "";
       for await (const event of dispatcher.stream(request, {
         signal: context.signal,
+        method: "complete",
         onRetryAfter: (milliseconds) => context.trailer.set(retryAfterTrailer, String(Math.ceil(milliseconds))),
       })) {
         model = event.model;

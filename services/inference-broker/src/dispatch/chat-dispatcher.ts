@@ -34,6 +34,8 @@ export interface DispatcherDependencies {
 /** Where a request stands, for the caller's metadata (a retry hint) and metrics. */
 export interface DispatchContext {
   signal: AbortSignal;
+  /** The RPC, for the requests metric: a Complete is dispatched as a stream too. Default "chat". */
+  method?: "chat" | "complete";
   /** Set on quota refusals so the caller can send a retry hint. */
   onRetryAfter?: (milliseconds: number) => void;
 }
@@ -42,6 +44,9 @@ interface EmbeddingsBody {
   data?: Array<{ index?: number; embedding?: number[] }>;
   usage?: OpenAiUsage;
 }
+
+/** The model label of a request refused before its model was known (invalid, or an unknown model). */
+const unresolvedModel = "(unresolved)";
 
 /** Used for local workers in usage records: they belong to no remote provider. */
 const selfHostedProvider = "self-hosted";
@@ -55,9 +60,17 @@ export class ChatDispatcher {
 
   async *stream(request: ChatRequest, context: DispatchContext): AsyncGenerator<ChatEvent, void, undefined> {
     const receivedAt = performance.now();
-    validateChatRequest(request);
     const { registry, metrics, cache } = this.deps;
-    const model = registry.resolve(request.model);
+    const method = context.method ?? "chat";
+    let model: ModelEntry;
+    try {
+      validateChatRequest(request);
+      model = registry.resolve(request.model);
+    } catch (error: unknown) {
+      // Counted too, under a model label that cannot grow with what callers send.
+      metrics.requests.inc({ model: unresolvedModel, method, status: error instanceof ServerError ? Status[error.code] : "UNKNOWN" });
+      throw error;
+    }
     const cacheKey = cache ? responseCacheKey(request, model.id) : undefined;
     let status = "OK";
     try {
@@ -77,7 +90,7 @@ export class ChatDispatcher {
       throw error;
     } finally {
       if (status === "OK" && context.signal.aborted) status = "CANCELLED";
-      metrics.requests.inc({ model: model.id, method: "chat", status });
+      metrics.requests.inc({ model: model.id, method, status });
       metrics.requestDuration.observe({ model: model.id, status }, (performance.now() - receivedAt) / 1000);
     }
   }
@@ -96,10 +109,15 @@ export class ChatDispatcher {
     const endRequest = retryBudget.startRequest();
     let releaseRetry: (() => void) | undefined;
     let lastFailure = "";
+    /** Whether every worker tried so far answered busy (HTTP 429): then the model is busy, not down. */
+    let allBusy = true;
     try {
       for (let attempt = 1; ; attempt += 1) {
         const worker = router.pick(model, pool.candidatesFor(model), request, tried);
         if (!worker) {
+          if (tried.size > 0 && allBusy) {
+            throw new ServerError(Status.RESOURCE_EXHAUSTED, `model "${model.id}": every worker is busy (last: ${lastFailure}); retry later`);
+          }
           throw new ServerError(
             Status.UNAVAILABLE,
             `model "${model.id}": no healthy worker is available${lastFailure ? ` (last failure: ${lastFailure})` : ""}`,
@@ -174,6 +192,7 @@ export class ChatDispatcher {
           releaseRetry = retryBudget.tryRetry();
           if (!releaseRetry) throw error;
           lastFailure = message;
+          if (verdict.reason !== "worker_busy") allBusy = false;
           metrics.failovers.inc({ model: model.id, reason: verdict.reason });
           this.deps.logger.info({ worker: worker.id, model: model.id, attempt, reason: message }, "failing over to another worker");
         } finally {
@@ -198,9 +217,32 @@ export class ChatDispatcher {
 
   /** Embeddings over /v1/embeddings, with the same routing and failover as chats. */
   async embed(request: EmbedRequest, context: DispatchContext): Promise<EmbedResponse> {
-    if (request.inputs.length === 0) throw new ServerError(Status.INVALID_ARGUMENT, "inputs: must not be empty");
-    const { registry, pool, router, workers, retryBudget } = this.deps;
-    const model = registry.resolve(request.model, "embedding");
+    const { registry, metrics } = this.deps;
+    let model: ModelEntry;
+    try {
+      if (request.inputs.length === 0) throw new ServerError(Status.INVALID_ARGUMENT, "inputs: must not be empty");
+      model = registry.resolve(request.model, "embedding");
+    } catch (error: unknown) {
+      metrics.requests.inc({ model: unresolvedModel, method: "embed", status: error instanceof ServerError ? Status[error.code] : "UNKNOWN" });
+      throw error;
+    }
+    const receivedAt = performance.now();
+    let status = "OK";
+    try {
+      return await this.dispatchEmbedding(request, model, context);
+    } catch (error: unknown) {
+      status = error instanceof ServerError ? Status[error.code] : context.signal.aborted ? "CANCELLED" : "UNKNOWN";
+      throw error;
+    } finally {
+      metrics.requests.inc({ model: model.id, method: "embed", status });
+      metrics.requestDuration.observe({ model: model.id, status }, (performance.now() - receivedAt) / 1000);
+    }
+  }
+
+  /** Embeddings under the model's and provider's quotas, as chats are: their tokens count too. */
+  private async dispatchEmbedding(request: EmbedRequest, model: ModelEntry, context: DispatchContext): Promise<EmbedResponse> {
+    const { pool, router, workers, retryBudget } = this.deps;
+    const estimatedTokens = request.inputs.reduce((sum, input) => sum + Math.ceil(input.length / 4), 0);
     const tried = new Set<string>();
     const endRequest = retryBudget.startRequest();
     let releaseRetry: (() => void) | undefined;
@@ -209,6 +251,9 @@ export class ChatDispatcher {
         const worker = router.pick(model, pool.candidatesFor(model), { sessionId: "", messages: [] }, tried);
         if (!worker) throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available`);
         tried.add(worker.id);
+        const quotaKeys = this.quotaKeys(model, worker);
+        await this.admit(quotaKeys, estimatedTokens, context);
+        let committed = false;
         const lease = pool.lease(worker);
         this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         const upstream = linkSignals(context.signal, lease.signal);
@@ -226,6 +271,9 @@ export class ChatDispatcher {
           }
           lease.release("success");
           const usage = toUsage(body.usage ?? {});
+          this.deps.metrics.tokens.inc({ model: model.id, kind: "prompt" }, usage.promptTokens);
+          this.deps.quotas?.commit(quotaKeys, usage.promptTokens, estimatedTokens);
+          committed = true;
           this.deps.usage?.record({ provider: worker.endpoint.provider ?? selfHostedProvider, model: model.id, promptTokens: usage.promptTokens, completionTokens: 0 });
           return { model: model.id, embeddings: data.map((item) => ({ values: item.embedding ?? [] })), usage };
         } catch (error: unknown) {
@@ -238,6 +286,8 @@ export class ChatDispatcher {
           this.deps.metrics.failovers.inc({ model: model.id, reason: verdict.reason });
         } finally {
           upstream.dispose();
+          // A failed attempt gives its estimate back.
+          if (!committed) this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
           if (pool.holds(worker)) this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         }
       }
