@@ -250,7 +250,10 @@ describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
   let channel: Channel;
 
   beforeAll(async () => {
-    mesh = await startInProcessMesh({ orchestratorEnv: { ORCHESTRATOR_PLUGINS: join(__dirname, "../configs/plugins/example-plugin.cjs") } });
+    // One run at a time, so that a second one waits in the queue.
+    mesh = await startInProcessMesh({
+      orchestratorEnv: { ORCHESTRATOR_PLUGINS: join(__dirname, "../configs/plugins/example-plugin.cjs"), MAX_CONCURRENT_RUNS: "1", MAX_QUEUED_RUNS: "4" },
+    });
     channel = createChannel(mesh.gatewayAddress);
   });
 
@@ -322,6 +325,26 @@ describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
       for (let waited = 0; mesh.simulator.stats.running > 0 && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
       expect(mesh.simulator.stats.running).toBe(0);
     } finally {
+      mesh.simulator.configure({ interTokenLatencyMs: 2 });
+    }
+  });
+
+  it("tells a run that waits for a slot its id, reports it queued, and lets CancelAgent take it out of the queue", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    mesh.simulator.configure({ interTokenLatencyMs: 200 });
+    const holder = new AbortController();
+    try {
+      // The one slot: a run that takes a while.
+      const first = agents.streamAgent(counterRun("call word_count {\"text\":\"a b\"} then answer at length"), { signal: holder.signal })[Symbol.asyncIterator]();
+      expect((await first.next()).value?.event?.$case).toBe("runStarted");
+      const second = agents.streamAgent(counterRun("call word_count {\"text\":\"c d\"}"))[Symbol.asyncIterator]();
+      const queued = (await second.next()).value;
+      expect(queued?.event).toEqual({ $case: "runQueued", value: { agentType: "counter", queuedRuns: 1 } });
+      await expect(agents.getAgent({ runId: queued!.runId })).resolves.toMatchObject({ status: AgentStatus.AGENT_STATUS_QUEUED, agentType: "counter" });
+      await expect(agents.cancelAgent({ runId: queued!.runId, reason: "" })).resolves.toEqual({ status: AgentStatus.AGENT_STATUS_CANCELLED });
+      await expect(second.next()).rejects.toMatchObject({ code: Status.CANCELLED });
+    } finally {
+      holder.abort();
       mesh.simulator.configure({ interTokenLatencyMs: 2 });
     }
   });

@@ -1,5 +1,5 @@
 import { randomUUID } from "node:crypto";
-import { AgentServiceDefinition, withEncodedResponses, type RunAgentRequest } from "@vlinders/proto";
+import { AgentEvent, AgentServiceDefinition, AgentStatus, withEncodedResponses, type RunAgentRequest } from "@vlinders/proto";
 import { linkSignals } from "@vlinders/service-runtime";
 import type { ServiceImplementation } from "nice-grpc";
 import { ServerError, Status } from "nice-grpc-common";
@@ -37,18 +37,38 @@ function requireRunId(runId: string): void {
  * recorded in PostgreSQL.
  */
 export function createAgentService(deps: AgentServiceDependencies): ServiceImplementation<typeof OrchestratorAgentServiceDefinition> {
+  /** Runs of this replica waiting for a slot, by id (their agent type): GetAgent reports them queued. */
+  const queuedRunTypes = new Map<string, string>();
+
   /**
    * Starts an admitted, registered run: a slot from admission (checked first: a bad request must
    * not wait for a slot to be told so), a run id CancelAgent can reach, and one signal from the call
    * (cancel, deadline, shutdown) and CancelAgent. `end` gives all of it back.
    */
-  async function startRun(request: RunAgentRequest, callSignal: AbortSignal): Promise<{ runId: string; signal: AbortSignal; end(): void }> {
+  async function startRun(
+    request: RunAgentRequest,
+    callSignal: AbortSignal,
+    onQueued?: (runId: string, queuedRuns: number) => void,
+  ): Promise<{ runId: string; signal: AbortSignal; end(): void }> {
     deps.catalog.require(request.agentType);
-    const ticket = await deps.admission.admit(request.userId, callSignal);
+    // Registered before it is admitted: a run waiting in the queue can be cancelled by its id too.
     const runId = randomUUID();
     const cancel = new AbortController();
     const unregister = deps.activeRuns.register(runId, cancel);
     const { signal, dispose } = linkSignals(callSignal, cancel.signal);
+    let ticket;
+    try {
+      ticket = await deps.admission.admit(request.userId, signal, (queuedRuns) => {
+        queuedRunTypes.set(runId, request.agentType);
+        onQueued?.(runId, queuedRuns);
+      });
+    } catch (error: unknown) {
+      dispose();
+      unregister();
+      throw error;
+    } finally {
+      queuedRunTypes.delete(runId);
+    }
     return {
       runId,
       signal,
@@ -67,7 +87,13 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
         yield* runChatAgent(request, randomUUID(), deps, context.signal);
         return;
       }
-      const run = await startRun(request, context.signal);
+      // Called within startRun's first step when the run has to wait: told before the wait begins.
+      let queuedEvent: Uint8Array | undefined;
+      const starting = startRun(request, context.signal, (runId, queuedRuns) => {
+        queuedEvent = AgentEvent.encode({ runId, event: { $case: "runQueued", value: { agentType: request.agentType, queuedRuns } } }).finish();
+      });
+      if (queuedEvent) yield queuedEvent;
+      const run = await starting;
       try {
         yield* streamRun((emit) => deps.runner.run(request, { runId: run.runId, parentRunId: "", depth: 0, signal: run.signal, emit }));
       } finally {
@@ -96,8 +122,13 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
     async getAgent(request, context) {
       requireRunId(request.runId);
       const run = await deps.store.get(request.runId, context.signal);
-      if (!run) throw new ServerError(Status.NOT_FOUND, `run_id: no run ${request.runId}`);
-      return run;
+      if (run) return run;
+      // Not started yet: it is recorded once it has a slot.
+      const queuedType = queuedRunTypes.get(request.runId);
+      if (queuedType !== undefined) {
+        return { runId: request.runId, agentType: queuedType, status: AgentStatus.AGENT_STATUS_QUEUED, stopReason: "", iterations: 0, response: "", usage: undefined, parentRunId: "", createdAt: undefined, finishedAt: undefined };
+      }
+      throw new ServerError(Status.NOT_FOUND, `run_id: no run ${request.runId}`);
     },
 
     async cancelAgent(request, context) {

@@ -28,8 +28,9 @@ export interface AdmissionController {
    * - with RESOURCE_EXHAUSTED when no slot came within queueTimeoutMs;
    * - with an AbortError (CANCELLED at the error boundary) as soon as `signal` aborts, leaving the queue.
    * Both RESOURCE_EXHAUSTED messages end with "retry after ~N ms". The caller releases the ticket in a `finally`.
+   * `onQueued` is called, before this returns, when the run has to wait, with the runs waiting.
    */
-  admit(userId: string, signal: AbortSignal): Promise<AdmissionTicket>;
+  admit(userId: string, signal: AbortSignal, onQueued?: (queuedRuns: number) => void): Promise<AdmissionTicket>;
   stats(): AdmissionStats;
 }
 
@@ -155,7 +156,7 @@ export function createAdmissionController(options: AdmissionControllerOptions): 
   }
 
   return {
-    admit(userId, signal) {
+    admit(userId, signal, onQueued) {
       if (signal.aborted) return Promise.reject(abortError(signal));
       if (active < maxConcurrentRuns && queued === 0) {
         active += 1;
@@ -204,6 +205,7 @@ export function createAdmissionController(options: AdmissionControllerOptions): 
         }
         queue.add(waiter);
         queued += 1;
+        onQueued?.(queued);
       });
     },
 

@@ -175,7 +175,9 @@ export async function createRunCanceller(options: RunCancellerOptions): Promise<
           settle.dispose();
         }
         if (signal.aborted) throw abortError(signal);
-        return statusOf(runId, signal);
+        // A run cancelled while it waited for a slot never started, so nothing recorded it.
+        const run = await store.get(runId, signal);
+        return run === undefined ? AgentStatus.AGENT_STATUS_CANCELLED : run.status;
       }
       const status = await statusOf(runId, signal);
       if (isFinalStatus(status)) return status;

@@ -140,7 +140,19 @@ export interface AgentEvent {
     | { $case: "subagentFinished"; value: SubAgentFinished }
     | { $case: "contextCompacted"; value: ContextCompacted }
     | { $case: "runFinished"; value: RunFinished }
+    | //
+    /**
+     * The run waits for a run slot (MAX_CONCURRENT_RUNS); run_started follows once it has one.
+     * CancelAgent with this run_id takes it out of the queue.
+     */
+    { $case: "runQueued"; value: RunQueued }
     | undefined;
+}
+
+export interface RunQueued {
+  agentType: string;
+  /** Runs waiting in this orchestrator replica, this one included. */
+  queuedRuns: number;
 }
 
 export interface RunStarted {
@@ -873,6 +885,9 @@ export const AgentEvent: MessageFns<AgentEvent> = {
       case "runFinished":
         RunFinished.encode(message.event.value, writer.uint32(74).fork()).join();
         break;
+      case "runQueued":
+        RunQueued.encode(message.event.value, writer.uint32(82).fork()).join();
+        break;
     }
     return writer;
   },
@@ -962,6 +977,14 @@ export const AgentEvent: MessageFns<AgentEvent> = {
             message.event = { $case: "runFinished", value: RunFinished.decode(reader, reader.uint32()) };
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.event = { $case: "runQueued", value: RunQueued.decode(reader, reader.uint32()) };
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1013,6 +1036,10 @@ export const AgentEvent: MessageFns<AgentEvent> = {
         ? { $case: "runFinished", value: RunFinished.fromJSON(object.runFinished) }
         : isSet(object.run_finished)
         ? { $case: "runFinished", value: RunFinished.fromJSON(object.run_finished) }
+        : isSet(object.runQueued)
+        ? { $case: "runQueued", value: RunQueued.fromJSON(object.runQueued) }
+        : isSet(object.run_queued)
+        ? { $case: "runQueued", value: RunQueued.fromJSON(object.run_queued) }
         : undefined,
     };
   },
@@ -1038,6 +1065,8 @@ export const AgentEvent: MessageFns<AgentEvent> = {
       obj.contextCompacted = ContextCompacted.toJSON(message.event.value);
     } else if (message.event?.$case === "runFinished") {
       obj.runFinished = RunFinished.toJSON(message.event.value);
+    } else if (message.event?.$case === "runQueued") {
+      obj.runQueued = RunQueued.toJSON(message.event.value);
     }
     return obj;
   },
@@ -1097,7 +1126,106 @@ export const AgentEvent: MessageFns<AgentEvent> = {
         }
         break;
       }
+      case "runQueued": {
+        if (object.event?.value !== undefined && object.event?.value !== null) {
+          message.event = { $case: "runQueued", value: RunQueued.fromPartial(object.event.value) };
+        }
+        break;
+      }
     }
+    return message;
+  },
+};
+
+function createBaseRunQueued(): RunQueued {
+  return { agentType: "", queuedRuns: 0 };
+}
+
+export const RunQueued: MessageFns<RunQueued> = {
+  encode(message: RunQueued, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.agentType !== "") {
+      writer.uint32(10).string(message.agentType);
+    }
+    if (message.queuedRuns !== 0) {
+      writer.uint32(16).uint32(message.queuedRuns);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RunQueued {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRunQueued();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.agentType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.queuedRuns = reader.uint32();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RunQueued {
+    return {
+      agentType: isSet(object.agentType)
+        ? globalThis.String(object.agentType)
+        : isSet(object.agent_type)
+        ? globalThis.String(object.agent_type)
+        : "",
+      queuedRuns: isSet(object.queuedRuns)
+        ? globalThis.Number(object.queuedRuns)
+        : isSet(object.queued_runs)
+        ? globalThis.Number(object.queued_runs)
+        : 0,
+    };
+  },
+
+  toJSON(message: RunQueued): unknown {
+    const obj: any = {};
+    if (message.agentType !== "") {
+      obj.agentType = message.agentType;
+    }
+    if (message.queuedRuns !== 0) {
+      obj.queuedRuns = Math.round(message.queuedRuns);
+    }
+    return obj;
+  },
+
+  create(base?: DeepPartial<RunQueued>): RunQueued {
+    return RunQueued.fromPartial(base ?? {});
+  },
+  fromPartial(object: DeepPartial<RunQueued>): RunQueued {
+    const message = createBaseRunQueued();
+    message.agentType = object.agentType ?? "";
+    message.queuedRuns = object.queuedRuns ?? 0;
     return message;
   },
 };
