@@ -201,6 +201,33 @@ describe("the orchestrator's AgentService", () => {
     expect(new Set(events.map((event) => event.runId)).size).toBe(1);
   });
 
+  it("ends a streamed chat at the chat type's timeout (lowered by an override) with DEADLINE_EXCEEDED", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    mesh.simulator.configure({ interTokenLatencyMs: 100 });
+    try {
+      const events: unknown[] = [];
+      const run = { ...request("chat", "one two three four five six seven eight nine ten"), overrides: { timeoutMs: 300, systemPrompt: "" } };
+      const ended = (async () => {
+        for await (const event of agents.streamAgent(run)) events.push(event);
+      })().catch((error: unknown) => error);
+      expect(await ended).toMatchObject({ code: Status.DEADLINE_EXCEEDED, details: "the chat reached its timeout of 300 ms (budgets.timeout_ms of agent type chat)" });
+      expect(events.length).toBeGreaterThan(1);
+      for (let waited = 0; mesh.simulator.stats.running > 0 && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+      expect(mesh.simulator.stats.running).toBe(0);
+    } finally {
+      mesh.simulator.configure({ interTokenLatencyMs: 2 });
+    }
+  });
+
+  it("lists the agent types with the tools agents.yaml names while the tool-runner is down", async () => {
+    // This mesh has no tool-runner at all.
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    const { agentTypes } = await agents.listAgentTypes({});
+    expect(agentTypes.map((type) => type.name)).toEqual(["chat", "edit", "explore", "plan"]);
+    expect(agentTypes.find((type) => type.name === "plan")?.tools).toEqual(["read_file", "list_files", "search_code", "web_search", "spawn_subagents"]);
+    expect(agentTypes.find((type) => type.name === "edit")?.tools).toEqual(["*", "spawn_subagents"]);
+  });
+
   it("answers INVALID_ARGUMENT for an unknown agent type or run id, and NOT_FOUND for a run it never had", async () => {
     const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
     const drain = async (agentType: string) => {

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { AgentEvent, AgentServiceDefinition, AgentStatus, withEncodedResponses, type RunAgentRequest } from "@vlinders/proto";
 import { linkSignals } from "@vlinders/service-runtime";
 import type { ServiceImplementation } from "nice-grpc";
-import { ServerError, Status } from "nice-grpc-common";
+import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { AdmissionController } from "./admission/admission-controller";
 import type { AgentRunner, RunOutcome } from "./agents/agent-loop";
 import { agentTypeInfo, type AgentTypeCatalog } from "./agents/agent-types";
@@ -24,6 +24,9 @@ export interface AgentServiceDependencies extends ChatAgentDependencies {
 export const OrchestratorAgentServiceDefinition = withEncodedResponses(AgentServiceDefinition, "streamAgent");
 
 const runIdPattern = /^[0-9a-f-]{36}$/;
+
+/** How a call to the tool-runner fails when it is down or overloaded. */
+const toolRunnerOutages = new Set([Status.UNAVAILABLE, Status.DEADLINE_EXCEEDED]);
 
 function requireRunId(runId: string): void {
   if (runId === "") throw new ServerError(Status.INVALID_ARGUMENT, "run_id: is required");
@@ -84,7 +87,7 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
     async *streamAgent(request, context) {
       if (request.agentType === "") throw new ServerError(Status.INVALID_ARGUMENT, 'agent_type: is required (e.g. "chat", "explore")');
       if (request.agentType === "chat") {
-        yield* runChatAgent(request, randomUUID(), deps, context.signal);
+        yield* runChatAgent(request, randomUUID(), deps, context.signal, deps.catalog.require("chat"));
         return;
       }
       // Called within startRun's first step when the run has to wait: told before the wait begins.
@@ -139,7 +142,16 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
 
     async listAgentTypes(_request, context) {
       const agentTypes = await Promise.all(
-        deps.catalog.list().map(async (agentType) => agentTypeInfo(agentType, await deps.runner.allowedToolNames(agentType.name, context.signal))),
+        deps.catalog.list().map(async (agentType) => {
+          try {
+            return agentTypeInfo(agentType, await deps.runner.allowedToolNames(agentType.name, context.signal));
+          } catch (error: unknown) {
+            // Without the tool-runner the types are still listed, with the tools agents.yaml names
+            // ("*" for every tool): what a caller needs to pick one does not depend on it.
+            if (context.signal.aborted || !(error instanceof ClientError) || !toolRunnerOutages.has(error.code)) throw error;
+            return agentTypeInfo(agentType, agentType.tools === "*" ? ["*"] : agentType.tools);
+          }
+        }),
       );
       return { agentTypes };
     },

@@ -12,7 +12,9 @@ import {
   type Usage,
 } from "@vlinders/proto";
 import type { Client } from "nice-grpc";
+import { linkSignals } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
+import type { AgentType } from "./agent-types";
 
 /** The broker's InferenceService with Chat events left encoded: the agent relays them as they are. */
 export const RelayInferenceServiceDefinition = withEncodedResponses(InferenceServiceDefinition, "chat");
@@ -41,26 +43,59 @@ export async function* runChatAgent(
   request: RunAgentRequest,
   runId: string,
   deps: ChatAgentDependencies,
-  signal: AbortSignal,
+  callSignal: AbortSignal,
+  chatType: Pick<AgentType, "model" | "systemPrompt" | "budgets">,
 ): AsyncGenerator<Uint8Array, void, undefined> {
   validateMessages(request.history, "history");
   validateTools(request.tools);
   validateSampling(request.sampling);
-  const messages: ChatMessage[] = [...request.history];
+  // The chat type of agents.yaml applies here too: its model, system prompt and timeout (an
+  // override may lower the timeout, as for any run).
+  const overrides = request.overrides;
+  const model = request.model || chatType.model;
+  const systemPrompt = overrides?.systemPrompt || chatType.systemPrompt;
+  const timeoutMs = overrides?.timeoutMs ? Math.min(overrides.timeoutMs, chatType.budgets.timeoutMs) : chatType.budgets.timeoutMs;
+  const messages: ChatMessage[] = systemPrompt === "" ? [...request.history] : [{ role: "system", content: systemPrompt, toolCalls: [], toolCallId: "", name: "" }, ...request.history];
   if (request.instruction !== "") {
     messages.push({ role: "user", content: request.instruction, toolCalls: [], toolCallId: "", name: "" });
   }
-  if (messages.length === 0) {
+  if (request.history.length === 0 && request.instruction === "") {
     throw new ServerError(Status.INVALID_ARGUMENT, "history: a chat needs at least one message in history or an instruction");
   }
+  // A timer cleared when the chat ends, not AbortSignal.timeout: that one's timer stays until it
+  // fires, and a relay holding thousands of streams would keep thousands of them.
+  const timeout = new AbortController();
+  const timer = setTimeout(() => timeout.abort(), timeoutMs);
+  const { signal, dispose } = linkSignals(callSignal, timeout.signal);
+  try {
+    yield* relayChat(request, runId, deps, model, messages, signal);
+  } catch (error: unknown) {
+    if (timeout.signal.aborted && !callSignal.aborted) {
+      throw new ServerError(Status.DEADLINE_EXCEEDED, `the chat reached its timeout of ${timeoutMs} ms (budgets.timeout_ms of agent type chat)`);
+    }
+    throw error;
+  } finally {
+    clearTimeout(timer);
+    dispose();
+  }
+}
 
-  yield AgentEvent.encode({ runId, event: { $case: "runStarted", value: { agentType: "chat", model: request.model, parentRunId: "" } } }).finish();
+async function* relayChat(
+  request: RunAgentRequest,
+  runId: string,
+  deps: ChatAgentDependencies,
+  model: string,
+  messages: ChatMessage[],
+  signal: AbortSignal,
+): AsyncGenerator<Uint8Array, void, undefined> {
+
+  yield AgentEvent.encode({ runId, event: { $case: "runStarted", value: { agentType: "chat", model, parentRunId: "" } } }).finish();
   let response = "";
   let finishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
   let usage: Usage | undefined;
   const events = deps.inference.chat(
     {
-      model: request.model,
+      model,
       messages,
       tools: request.tools,
       sampling: request.sampling,

@@ -183,7 +183,7 @@ export interface SubAgentFinished {
 export interface ContextCompacted {
   tokensBefore: number;
   tokensAfter: number;
-  /** "mask_tool_output" or "summarize". */
+  /** The harshest stage that ran: "mask_tool_output", "summarize" or "drop_oldest". */
   stage: string;
 }
 
