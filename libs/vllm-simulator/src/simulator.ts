@@ -208,8 +208,9 @@ export class VllmSimulator {
       sendJson(response, 200, this.stats);
       return;
     }
-    if (request.method === "POST" && path?.startsWith("/v1/") && this.options.apiKey !== undefined) {
-      // As `vllm serve --api-key` does: the OpenAI routes want the key as a bearer token.
+    if (path?.startsWith("/v1/") && this.options.apiKey !== undefined) {
+      // As `vllm serve --api-key` does: every OpenAI route (GET /v1/models too) wants the key as a
+      // bearer token; /health and /metrics do not.
       if (request.headers.authorization !== `Bearer ${this.options.apiKey}`) throw new HttpError(401, "Unauthorized", "AuthenticationError");
     }
     if (request.method === "POST" && path === "/v1/chat/completions") {

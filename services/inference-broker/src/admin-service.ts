@@ -4,6 +4,7 @@ import type { WorkerPool } from "./pool/worker-pool";
 import { withWorker, withoutWorker, type OperatorEdits } from "./registry/catalog-edits";
 import { normalizeWorkerUrl, type ModelRegistry, type WorkerEndpoint } from "./registry/model-registry";
 import type { WorkerClient } from "./upstream/worker-client";
+import { providerIdPattern, providerIdRule } from "./providers/provider-id";
 
 /** The key vault as the admin service uses it; keys go in and never come out. */
 export interface KeyVaultAdminPort {
@@ -11,6 +12,8 @@ export interface KeyVaultAdminPort {
   rotate(provider: string, apiKey: string, signal: AbortSignal): Promise<ProviderKeyInfo>;
   delete(provider: string, signal: AbortSignal): Promise<boolean>;
   list(signal: AbortSignal): Promise<ProviderKeyInfo[]>;
+  /** The provider's key, decrypted for one request (listing a new worker's models). */
+  retrieve(provider: string, signal: AbortSignal): Promise<string>;
 }
 
 export interface UsageReportPort {
@@ -37,8 +40,8 @@ function requireVault(vault: KeyVaultAdminPort | undefined): KeyVaultAdminPort {
 }
 
 function requireProvider(provider: string): void {
-  if (!/^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/.test(provider)) {
-    throw new ServerError(Status.INVALID_ARGUMENT, `provider: must be 1-63 letters, digits, "_", "." or "-" (got ${JSON.stringify(provider.slice(0, 40))})`);
+  if (!providerIdPattern.test(provider)) {
+    throw new ServerError(Status.INVALID_ARGUMENT, `provider: must be ${providerIdRule} (got ${JSON.stringify(provider.slice(0, 40))})`);
   }
 }
 
@@ -51,6 +54,18 @@ function requireApiKey(apiKey: string): void {
 /** InferenceAdminService: the worker pool and provider keys, changed at run time. */
 export function createInferenceAdminService(deps: AdminServiceDependencies): InferenceAdminServiceImplementation {
   const { registry, pool } = deps;
+
+  async function providerKey(provider: string, signal: AbortSignal): Promise<string> {
+    if (!deps.vault) throw new ServerError(Status.FAILED_PRECONDITION, `provider "${provider}" needs its API key to list the worker's models, but the key vault is not configured (VAULT_MASTER_KEY); or name the models`);
+    try {
+      return await deps.vault.retrieve(provider, signal);
+    } catch (error: unknown) {
+      if (error instanceof ServerError && error.code === Status.NOT_FOUND) {
+        throw new ServerError(Status.FAILED_PRECONDITION, `provider "${provider}" has no stored API key to list the worker's models: store it first (StoreProviderKey), or name the models`);
+      }
+      throw error;
+    }
+  }
 
   return {
     async getPoolStatus() {
@@ -77,7 +92,9 @@ export function createInferenceAdminService(deps: AdminServiceDependencies): Inf
       };
       let models = request.models;
       if (models.length === 0) {
-        const listed = (await deps.workers.getJson(endpoint, "/v1/models", context.signal)) as { data?: Array<{ id?: unknown }> };
+        // A remote provider's worker answers only with its key, as requests to it do.
+        const apiKey = endpoint.provider === undefined ? undefined : await providerKey(endpoint.provider, context.signal);
+        const listed = (await deps.workers.getJson(endpoint, "/v1/models", context.signal, apiKey)) as { data?: Array<{ id?: unknown }> };
         models = (listed.data ?? []).flatMap((model) => (typeof model.id === "string" && model.id !== "" ? [model.id] : []));
         if (models.length === 0) throw new ServerError(Status.FAILED_PRECONDITION, `worker ${request.id} lists no models at ${endpoint.url}/v1/models`);
       }

@@ -568,7 +568,16 @@ describe("provider keys", () => {
       } finally {
         await stranger.stop();
       }
+      // A worker added at run time lists its models with the provider's key, as vLLM wants it.
+      await expect(fleet.admin.addWorker({ id: "a2", url: (await fleet.admin.getPoolStatus({})).workers[0]!.url, models: [], maxNumSeqs: 0, provider })).resolves.toMatchObject({
+        id: "a2",
+        models: ["vlinders-sim-chat", "vlinders-sim-embed"],
+      });
       await expect(fleet.admin.deleteProviderKey({ provider })).resolves.toEqual({ deleted: true });
+      await expect(fleet.admin.addWorker({ id: "a3", url: (await fleet.admin.getPoolStatus({})).workers[0]!.url, models: [], maxNumSeqs: 0, provider })).rejects.toMatchObject({
+        code: Status.FAILED_PRECONDITION,
+        details: expect.stringContaining("has no stored API key"),
+      });
     } finally {
       await fleet.stop();
     }

@@ -27,7 +27,7 @@ export function startHealthProber(pool: WorkerPool, settings: HealthProberSettin
 
   async function probe(worker: Worker): Promise<void> {
     if (worker.endpoint.provider !== undefined) {
-      pool.recordProbeSuccess(worker);
+      pool.recordProbeSuccess(worker, false);
       return;
     }
     const linked = linkSignals(controller.signal, AbortSignal.timeout(settings.timeoutMs));

@@ -173,9 +173,13 @@ export class WorkerPool {
     }
   }
 
-  /** Active health: a passing probe marks a new worker healthy and readmits an ejected one after its cooldown. */
-  recordProbeSuccess(worker: Worker): void {
-    worker.lastHeartbeat = new Date();
+  /**
+   * Active health: a passing probe marks a new worker healthy and readmits an ejected one after its
+   * cooldown. `heard` false: nothing was heard from the worker (a remote provider, which is not
+   * probed), so its last heartbeat stays the last answer it gave.
+   */
+  recordProbeSuccess(worker: Worker, heard = true): void {
+    if (heard) worker.lastHeartbeat = new Date();
     if (worker.health === WorkerHealth.WORKER_HEALTH_UNKNOWN) {
       worker.health = WorkerHealth.WORKER_HEALTH_HEALTHY;
       worker.consecutiveFailures = 0;

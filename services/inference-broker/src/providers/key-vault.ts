@@ -3,6 +3,7 @@ import { queryWithSignal } from "@vlinders/database";
 import { ConfigError } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
 import type { Pool } from "pg";
+import { providerIdPattern } from "./provider-id";
 
 /**
  * What the vault tells about a stored key: never the key, only its last four characters so that an
@@ -91,7 +92,7 @@ export class VaultDecryptError extends KeyVaultError {
 const masterKeyBytes = 32;
 const ivBytes = 12;
 const authTagBytes = 16;
-const providerName = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
+const providerName = providerIdPattern;
 const maxApiKeyLength = 4096;
 
 /**

@@ -3,6 +3,7 @@ import { parse } from "yaml";
 import { ConfigError } from "@vlinders/service-runtime";
 import { z } from "zod";
 import { normalizeWorkerUrl, type ModelCatalog } from "./model-registry";
+import { providerIdPattern, providerIdRule } from "../providers/provider-id";
 
 const workerSchema = z.object({
   id: z.string().min(1),
@@ -17,7 +18,7 @@ const quotaShape = {
   tpm: z.number().int().positive().optional(),
 };
 
-const providerSchema = z.object({ id: z.string().min(1), ...quotaShape }).strict();
+const providerSchema = z.object({ id: z.string().regex(providerIdPattern, `must be ${providerIdRule}`), ...quotaShape }).strict();
 
 const routingSchema = z
   .object({

@@ -1,6 +1,6 @@
 import { Agent as HttpAgent, request as httpRequest, type IncomingMessage } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { linkSignals } from "@vlinders/service-runtime";
+import { linkSignals, readLimitedBody } from "@vlinders/service-runtime";
 import { AbortError, isAbortError } from "abort-controller-x";
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerEndpoint } from "../registry/model-registry";
@@ -24,6 +24,9 @@ export const defaultWorkerTimeouts: WorkerTimeouts = { connectMs: 10_000, firstE
  * connection closed after this, and the answer, complete at [DONE], is returned all the same.
  */
 export const doneGraceMs = 1_000;
+
+/** The most of a worker's error answer that is read: its message is in the first bytes. */
+const maxErrorBodyBytes = 1024 * 1024;
 
 /**
  * Talks HTTP to one OpenAI-compatible worker. Every request is tied to the caller's signal, so that
@@ -280,12 +283,16 @@ function jsonRequest(body: unknown, signal: AbortSignal, apiKey: string | undefi
 
 /** The body of an error response, bounded: a worker's error page is not read without end. */
 async function readText(response: IncomingMessage): Promise<string> {
-  let text = "";
+  const chunks: Buffer[] = [];
+  let bytes = 0;
   for await (const chunk of response) {
-    text += (chunk as Buffer).toString("utf8");
-    if (text.length > 64 * 1024) break;
+    // Whole chunks up to the bound: the last one is cut, never added past it.
+    const room = maxErrorBodyBytes - bytes;
+    chunks.push((chunk as Buffer).subarray(0, room));
+    bytes += Math.min(room, (chunk as Buffer).length);
+    if (bytes >= maxErrorBodyBytes) break;
   }
-  return text;
+  return Buffer.concat(chunks).toString("utf8");
 }
 
 /**
@@ -385,7 +392,8 @@ class RequestGuard {
 async function errorFromResponse(worker: WorkerEndpoint, response: Response, keySent: boolean): Promise<ServerError> {
   let text = "";
   try {
-    text = await response.text();
+    // Bounded: an error page need not be small; past the bound the status text says enough.
+    text = (await readLimitedBody(response, maxErrorBodyBytes)) ?? "";
   } catch {
     // No body: the status text says enough.
   }
