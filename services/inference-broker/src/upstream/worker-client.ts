@@ -181,12 +181,24 @@ class EventQueue {
     const enqueue = (data: string) => this.queue.push(data);
     response.on("data", (chunk: Buffer) => {
       if (this.draining) return;
-      if (!this.parse(() => this.parser.push(chunk, enqueue))) return;
+      // Inline, not through a closure: this runs once per token of every stream.
+      try {
+        this.parser.push(chunk, enqueue);
+      } catch (error: unknown) {
+        this.failParsing(error);
+        return;
+      }
       if (this.queue.length > 256) response.pause();
       this.notify();
     });
     response.once("end", () => {
-      if (!this.draining) this.parse(() => this.parser.end(enqueue));
+      if (!this.draining) {
+        try {
+          this.parser.end(enqueue);
+        } catch (error: unknown) {
+          this.failParsing(error);
+        }
+      }
       this.ended = true;
       this.notify();
     });
@@ -201,28 +213,22 @@ class EventQueue {
   }
 
   /**
-   * Runs a step of the parser; false when it failed the stream. A throw would escape the socket's
-   * event listener and crash the process.
+   * Fails the stream with what the parser threw: a throw would escape the socket's event listener
+   * and crash the process.
    */
-  private parse(step: () => void): boolean {
-    try {
-      step();
-      return true;
-    } catch (error: unknown) {
-      // INTERNAL rather than UNAVAILABLE: the worker answered, but not in the protocol (like an event
-      // that is not JSON), and a client that retries UNAVAILABLE on its own should not retry this.
-      // Before the first token the dispatcher still fails over and counts it against the worker.
-      this.failure ??=
-        error instanceof ServerSentEventTooLargeError
-          ? new ServerError(Status.INTERNAL, `worker ${this.worker.id} sent an event stream the broker does not read on: ${error.message}`)
-          : error instanceof Error
-            ? error
-            : new Error(String(error));
-      // Nothing more of this body is read: the connection is closed, and never reused.
-      this.response.destroy();
-      this.notify();
-      return false;
-    }
+  private failParsing(error: unknown): void {
+    // INTERNAL rather than UNAVAILABLE: the worker answered, but not in the protocol (like an event
+    // that is not JSON), and a client that retries UNAVAILABLE on its own should not retry this.
+    // Before the first token the dispatcher still fails over and counts it against the worker.
+    this.failure ??=
+      error instanceof ServerSentEventTooLargeError
+        ? new ServerError(Status.INTERNAL, `worker ${this.worker.id} sent an event stream the broker does not read on: ${error.message}`)
+        : error instanceof Error
+          ? error
+          : new Error(String(error));
+    // Nothing more of this body is read: the connection is closed, and never reused.
+    this.response.destroy();
+    this.notify();
   }
 
   /**
