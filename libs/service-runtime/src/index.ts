@@ -7,7 +7,7 @@ export * from "./tracing";
 export * from "./client";
 export * from "./service-host";
 export { ServiceShutdownError } from "./shutdown-error";
-export { CallDeadlineError, deadlineOf, unbindDeadline } from "./call-deadline";
+export { bindDeadline, CallDeadlineError, deadlineOf, unbindDeadline } from "./call-deadline";
 export { retryAfterOf, retryAfterTrailer, withRetryAfter } from "./retry-hint";
 export * from "./run-service";
 export { internalAuthHeader } from "./middleware/internal-auth";

@@ -19,7 +19,8 @@ import { contextMigrations } from "./store/migrations";
 import { effectiveBudget } from "./tokens/token-estimator";
 
 /** Longest the migrations may take at start. */
-const migrationDeadlineMs = 60_000;
+/** As the orchestrator's: long enough for an index build, bounded against a lock nobody releases. */
+const migrationDeadlineMs = 300_000;
 
 /**
  * Composes the context service: PostgreSQL (or an in-process PGlite) with its migrations, the

@@ -158,7 +158,9 @@ describe("failover before the first token, never after", () => {
   it("answers RESOURCE_EXHAUSTED, not UNAVAILABLE, when every worker answers busy (HTTP 429)", async () => {
     fleet.simulators.a!.injectFaults({ httpErrorStatus: 429 });
     fleet.simulators.b!.injectFaults({ httpErrorStatus: 429 });
-    const outcome = await read(fleet.inference.chat(ask("is anybody free")));
+    let retryAfter: string | undefined;
+    const outcome = await read(fleet.inference.chat(ask("is anybody free"), { onTrailer: (trailer) => (retryAfter = trailer.get("retry-after-ms")) }));
+    expect(retryAfter).toBe("1000");
     expect(outcome.error).toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringMatching(/^model "vlinders-sim-chat": every worker is busy \(last: worker [ab] answered HTTP 429/) });
     expect(fleet.simulators.a!.stats.requests + fleet.simulators.b!.stats.requests).toBe(2);
   });
@@ -457,7 +459,11 @@ describe("quotas", () => {
     try {
       const embed = () => fleet.inference.embed({ model: "vlinders-sim-embed", inputs: ["butterflies carry tokens"], userId: "" });
       await expect(embed()).resolves.toMatchObject({ model: "vlinders-sim-embed", usage: { promptTokens: expect.any(Number) } });
-      await expect(embed()).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("model:vlinders-sim-embed is over its requests per minute") });
+      let retryAfter: string | undefined;
+      await expect(
+        fleet.inference.embed({ model: "vlinders-sim-embed", inputs: ["again"], userId: "" }, { onTrailer: (trailer) => (retryAfter = trailer.get("retry-after-ms")) }),
+      ).rejects.toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("model:vlinders-sim-embed is over its requests per minute") });
+      expect(Number(retryAfter)).toBeGreaterThan(0);
       const text = await fleet.runtime.metricsRegistry.metrics();
       expect(text).toMatch(/broker_requests_total\{[^}]*model="vlinders-sim-embed"[^}]*method="embed"[^}]*status="OK"[^}]*\} 1/);
       expect(text).toMatch(/broker_requests_total\{[^}]*model="vlinders-sim-embed"[^}]*method="embed"[^}]*status="RESOURCE_EXHAUSTED"[^}]*\} 1/);

@@ -1,5 +1,4 @@
 import { ChatEvent, InferenceServiceDefinition, withEncodedResponses } from "@vlinders/proto";
-import { retryAfterTrailer } from "@vlinders/service-runtime";
 import type { ServiceImplementation } from "nice-grpc";
 import { assembleChatResponse } from "./cache/replay";
 import type { ChatDispatcher } from "./dispatch/chat-dispatcher";
@@ -12,7 +11,7 @@ export interface InferenceServiceDependencies {
   dispatcher: ChatDispatcher;
 }
 
-/** Metadata key of the retry hint sent with RESOURCE_EXHAUSTED (also part of the message). */
+/** Metadata key of the retry hint sent with RESOURCE_EXHAUSTED (also part of the message); the call pipeline sets it. */
 export { retryAfterTrailer } from "@vlinders/service-runtime";
 
 /**
@@ -27,10 +26,7 @@ export function createInferenceService(deps: InferenceServiceDependencies): Serv
 
   return {
     async *chat(request, context): AsyncGenerator<Uint8Array, void, undefined> {
-      const events = dispatcher.stream(request, {
-        signal: context.signal,
-        onRetryAfter: (milliseconds) => context.trailer.set(retryAfterTrailer, String(Math.ceil(milliseconds))),
-      });
+      const events = dispatcher.stream(request, { signal: context.signal });
       for await (const event of events) yield ChatEvent.encode(event).finish();
     },
 
@@ -38,11 +34,7 @@ export function createInferenceService(deps: InferenceServiceDependencies): Serv
     async complete(request, context) {
       const events: ChatEvent[] = [];
       let model = "";
-      for await (const event of dispatcher.stream(request, {
-        signal: context.signal,
-        method: "complete",
-        onRetryAfter: (milliseconds) => context.trailer.set(retryAfterTrailer, String(Math.ceil(milliseconds))),
-      })) {
+      for await (const event of dispatcher.stream(request, { signal: context.signal, method: "complete" })) {
         model = event.model;
         events.push(event);
       }

@@ -95,8 +95,15 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
       const starting = startRun(request, context.signal, (runId, queuedRuns) => {
         queuedEvent = AgentEvent.encode({ runId, event: { $case: "runQueued", value: { agentType: request.agentType, queuedRuns } } }).finish();
       });
-      if (queuedEvent) yield queuedEvent;
-      const run = await starting;
+      let run: Awaited<typeof starting> | undefined;
+      try {
+        if (queuedEvent) yield queuedEvent;
+        run = await starting;
+      } finally {
+        // The consumer left while the run waited: its slot and registration are given back once
+        // admission settles (a rejection is nobody's to report then).
+        if (run === undefined) void starting.then((started) => started.end(), () => undefined);
+      }
       try {
         yield* streamRun((emit) => deps.runner.run(request, { runId: run.runId, parentRunId: "", depth: 0, signal: run.signal, emit }));
       } finally {
@@ -148,7 +155,9 @@ export function createAgentService(deps: AgentServiceDependencies): ServiceImple
           } catch (error: unknown) {
             // Without the tool-runner the types are still listed, with the tools agents.yaml names
             // ("*" for every tool): what a caller needs to pick one does not depend on it.
-            if (context.signal.aborted || !(error instanceof ClientError) || !toolRunnerOutages.has(error.code)) throw error;
+            // Down (a status), or hung: the shared listing is bounded by its own timeout, an abort.
+            const outage = error instanceof ClientError ? toolRunnerOutages.has(error.code) : (error as { name?: unknown } | null)?.name === "AbortError";
+            if (context.signal.aborted || !outage) throw error;
             return agentTypeInfo(agentType, agentType.tools === "*" ? ["*"] : agentType.tools);
           }
         }),

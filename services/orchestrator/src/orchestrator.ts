@@ -22,8 +22,12 @@ import { createPostgresRunStore } from "./runs/postgres-run-store";
 import { startRunSweeper } from "./runs/run-sweeper";
 import { createWriteBehindRecorder } from "./runs/write-behind-recorder";
 
-/** How long the start waits for the run records' migrations (and the lock other replicas may hold). */
-const migrationDeadlineMs = 60_000;
+/**
+ * How long the start waits for the run records' migrations, those of another replica holding the
+ * lock included: long enough for an index build, short enough that a lock nobody releases fails
+ * the start with a clear error instead of hanging it.
+ */
+const migrationDeadlineMs = 300_000;
 
 /** The composed orchestrator: its host, and the catalog that SIGHUP reloads. */
 export interface Orchestrator {

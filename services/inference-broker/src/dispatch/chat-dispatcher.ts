@@ -1,6 +1,6 @@
 import { validateChatRequest } from "@vlinders/chat-validation";
 import type { ChatEvent, ChatRequest, EmbedRequest, EmbedResponse } from "@vlinders/proto";
-import { linkSignals, type Logger } from "@vlinders/service-runtime";
+import { linkSignals, withRetryAfter, type Logger } from "@vlinders/service-runtime";
 import { ServerError, Status } from "nice-grpc-common";
 import type { BrokerMetrics } from "../broker-metrics";
 import { responseCacheKey } from "../cache/cache-key";
@@ -36,14 +36,15 @@ export interface DispatchContext {
   signal: AbortSignal;
   /** The RPC, for the requests metric: a Complete is dispatched as a stream too. Default "chat". */
   method?: "chat" | "complete";
-  /** Set on quota refusals so the caller can send a retry hint. */
-  onRetryAfter?: (milliseconds: number) => void;
 }
 
 interface EmbeddingsBody {
   data?: Array<{ index?: number; embedding?: number[] }>;
   usage?: OpenAiUsage;
 }
+
+/** When to come back after every worker of a model answered busy (vLLM sends no Retry-After). */
+const busyRetryAfterMs = 1_000;
 
 /** The model label of a request refused before its model was known (invalid, or an unknown model). */
 const unresolvedModel = "(unresolved)";
@@ -116,7 +117,10 @@ export class ChatDispatcher {
         const worker = router.pick(model, pool.candidatesFor(model), request, tried);
         if (!worker) {
           if (tried.size > 0 && allBusy) {
-            throw new ServerError(Status.RESOURCE_EXHAUSTED, `model "${model.id}": every worker is busy (last: ${lastFailure}); retry later`);
+            throw withRetryAfter(
+              new ServerError(Status.RESOURCE_EXHAUSTED, `model "${model.id}": every worker is busy (last: ${lastFailure}); retry after ${busyRetryAfterMs} ms`),
+              busyRetryAfterMs,
+            );
           }
           throw new ServerError(
             Status.UNAVAILABLE,
@@ -129,6 +133,7 @@ export class ChatDispatcher {
         // The quota check may have waited on Redis: the worker may have been drained or removed.
         if (!pool.holds(worker) || !worker.routable) {
           this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
+          allBusy = false;
           continue;
         }
 
@@ -312,10 +317,13 @@ export class ChatDispatcher {
     if (keys.length === 0 || !this.deps.quotas) return;
     const decision = await this.deps.quotas.acquire(keys, estimatedTokens, context.signal);
     if (decision.allowed) return;
-    context.onRetryAfter?.(decision.retryAfterMs);
-    throw new ServerError(
-      Status.RESOURCE_EXHAUSTED,
-      `quota exceeded: ${decision.key} is over its ${decision.limit === "rpm" ? "requests" : "tokens"} per minute; retry after ${Math.ceil(decision.retryAfterMs)} ms`,
+    // The hint rides on the error: the call pipeline puts it in the retry-after-ms trailer.
+    throw withRetryAfter(
+      new ServerError(
+        Status.RESOURCE_EXHAUSTED,
+        `quota exceeded: ${decision.key} is over its ${decision.limit === "rpm" ? "requests" : "tokens"} per minute; retry after ${Math.ceil(decision.retryAfterMs)} ms`,
+      ),
+      decision.retryAfterMs,
     );
   }
 

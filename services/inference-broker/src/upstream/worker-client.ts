@@ -25,6 +25,9 @@ export const defaultWorkerTimeouts: WorkerTimeouts = { connectMs: 10_000, firstE
  */
 export const doneGraceMs = 1_000;
 
+/** Characters of events read ahead of a slow consumer, past which the worker's socket is paused. */
+const maxQueuedCharacters = 4 * 1024 * 1024;
+
 /** The most of a worker's error answer that is read: its message is in the first bytes. */
 const maxErrorBodyBytes = 1024 * 1024;
 
@@ -170,6 +173,8 @@ class EventQueue {
   private readonly parser = new ServerSentEventParser();
   private wake: (() => void) | undefined;
   private failure: Error | undefined;
+  /** Characters of the events queued: a reader that falls behind pauses the socket past a bound. */
+  private queuedCharacters = 0;
   /** Set after [DONE]: the rest of the body is read (for the connection's sake) and dropped. */
   private draining = false;
   ended = false;
@@ -178,7 +183,10 @@ class EventQueue {
     private readonly response: IncomingMessage,
     private readonly worker: WorkerEndpoint,
   ) {
-    const enqueue = (data: string) => this.queue.push(data);
+    const enqueue = (data: string) => {
+      this.queue.push(data);
+      this.queuedCharacters += data.length;
+    };
     response.on("data", (chunk: Buffer) => {
       if (this.draining) return;
       // Inline, not through a closure: this runs once per token of every stream.
@@ -188,7 +196,8 @@ class EventQueue {
         this.failParsing(error);
         return;
       }
-      if (this.queue.length > 256) response.pause();
+      // By count and by size: 256 events of a megabyte each would be a quarter of a gigabyte.
+      if (this.queue.length > 256 || this.queuedCharacters > maxQueuedCharacters) response.pause();
       this.notify();
     });
     response.once("end", () => {
@@ -239,6 +248,7 @@ class EventQueue {
   drain(ms: number): Promise<boolean> {
     this.draining = true;
     this.queue.length = 0;
+    this.queuedCharacters = 0;
     if (this.response.isPaused()) this.response.resume();
     if (this.ended || this.failure) return Promise.resolve(this.ended && !this.failure);
     return new Promise<boolean>((resolve) => {
@@ -256,7 +266,9 @@ class EventQueue {
 
   shift(): string | undefined {
     const data = this.queue.shift();
-    if (data !== undefined && this.queue.length < 64 && this.response.isPaused()) this.response.resume();
+    if (data === undefined) return undefined;
+    this.queuedCharacters -= data.length;
+    if (this.queue.length < 64 && this.queuedCharacters <= maxQueuedCharacters / 2 && this.response.isPaused()) this.response.resume();
     return data;
   }
 

@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { promisify } from "node:util";
 import { brokerConfigSchema, createInferenceBroker } from "@vlinders/inference-broker";
 import { AgentEvent, AgentStatus, ChatEvent, ToolServiceDefinition, type RunAgentRequest, type ToolResult, type Usage } from "@vlinders/proto";
-import { CallDeadlineError, createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, ServiceShutdownError, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
+import { bindDeadline, CallDeadlineError, createInProcessRuntime, createInternalChannel, createInternalClient, createLogger, loadConfig, ServiceShutdownError, type InternalChannel, type ServiceHost } from "@vlinders/service-runtime";
 import { createToolRunner, toolRunnerConfigSchema } from "@vlinders/tool-runner";
 import { countTokens, VllmSimulator } from "@vlinders/vllm-simulator";
 import { Status } from "nice-grpc-common";
@@ -665,6 +665,16 @@ describe("agent loop", () => {
     expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", iterations: 1 });
     expect(outcome.error).toContain("the caller's deadline of 800 ms passed");
     expect(recorder.runs.get(outcome.runId)?.finished).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout" });
+  }, 30_000);
+
+  it("records a timeout, not an error, when a call of the run reaches the caller's deadline before the run's signal does", async () => {
+    // Only the deadline, inherited by the run's calls: their own timers fire (DEADLINE_EXCEEDED)
+    // while the run's signal has not aborted yet.
+    const controller = new AbortController();
+    bindDeadline(controller.signal, Date.now() + 800);
+    const { outcome } = await run(request("edit", `call run_command ${JSON.stringify({ command: "sleep 5" })}`, { overrides: { systemPrompt: "" } }), { signal: controller.signal });
+    expect(outcome).toMatchObject({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout" });
+    expect(outcome.error).toBe("the caller's deadline passed");
   }, 30_000);
 
   it("records a run its service's shutdown cut off as interrupted, and the tool call that did finish", async () => {

@@ -16,7 +16,7 @@ import {
   type ToolServiceClient,
   type Usage,
 } from "@vlinders/proto";
-import { CallDeadlineError, linkSignals, ServiceShutdownError, startSignalSpan, unbindDeadline, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
+import { CallDeadlineError, deadlineOf, linkSignals, ServiceShutdownError, startSignalSpan, unbindDeadline, type DeadlineOptions, type Logger, type SignalSpan } from "@vlinders/service-runtime";
 import type { Client } from "nice-grpc";
 import { ClientError, ServerError, Status } from "nice-grpc-common";
 import type { HookRunner } from "../hooks/hook-runner";
@@ -540,6 +540,12 @@ export function createAgentRunner(deps: AgentRunnerDependencies): AgentRunner {
       if (finishing) throw error;
       if (budget.deadline.aborted) {
         return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", error: `the run reached its timeout of ${budget.limits.timeoutMs} ms` });
+      }
+      // The caller's deadline, inherited by the run's calls: a model or tool call whose own timer
+      // fired first fails with DEADLINE_EXCEEDED just before the run's signal aborts. Still a timeout.
+      const callerDeadline = deadlineOf(options.signal);
+      if (error instanceof ClientError && error.code === Status.DEADLINE_EXCEEDED && callerDeadline !== undefined && Date.now() >= callerDeadline - 50) {
+        return await finish({ status: AgentStatus.AGENT_STATUS_FAILED, stopReason: "timeout", error: "the caller's deadline passed" });
       }
       if (signal.aborted) {
         // Cut off by this orchestrator's shutdown, not cancelled by anyone: what a restart's recovery

@@ -40,7 +40,9 @@ describe("agent types", () => {
   it("reads max_cost_usd and model_prices, and refuses a cost limit without prices", async () => {
     expect(parseAgentTypes(minimal(), "agents.yaml").get("explore")?.budgets.maxCostUsd).toBeUndefined();
     const withCost = minimal().replace("max_tool_calls: 3 }", "max_tool_calls: 3, max_cost_usd: 0.5 }");
-    expect(() => parseAgentTypes(withCost, "agents.yaml")).toThrow(/^agents\.yaml:7: agents\.explore\.budgets\.max_cost_usd: needs model_prices/);
+    expect(() => parseAgentTypes(withCost, "agents.yaml")).toThrow(/^agents\.yaml:7: agents\.explore\.budgets\.max_cost_usd: needs a default entry in model_prices/);
+    // Prices of some models only: a model without one would cost nothing.
+    expect(() => parseAgentTypes(`model_prices:\n  big: { prompt_usd_per_million_tokens: 3, completion_usd_per_million_tokens: 15 }\n${withCost}`, "agents.yaml")).toThrow(/needs a default entry/);
     const path = join(dir, "agents.yaml");
     await writeFile(
       path,

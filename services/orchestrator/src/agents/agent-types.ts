@@ -211,11 +211,12 @@ function parseAgentsFile(
       source: "file",
     });
   }
-  // A cost limit needs prices: without a price for the model the run uses, its cost would be 0.
-  if (Object.keys(validated.data.model_prices).length === 0) {
+  // A cost limit needs a price for whatever model a run uses (an override may name any), so a
+  // default price: without one, a model with no price would cost 0 and the limit would never hold.
+  if (validated.data.model_prices.default === undefined) {
     for (const [name, agent] of types) {
       if (agent.budgets.maxCostUsd !== undefined) {
-        throw new AgentTypesConfigError(file.describe(["agents", name, "budgets", "max_cost_usd"], "needs model_prices (prices per million tokens by model id, or a default)"));
+        throw new AgentTypesConfigError(file.describe(["agents", name, "budgets", "max_cost_usd"], "needs a default entry in model_prices (the price of any model it does not name)"));
       }
     }
   }

@@ -67,8 +67,50 @@ export async function* runChatAgent(
   const timeout = new AbortController();
   const timer = setTimeout(() => timeout.abort(), timeoutMs);
   const { signal, dispose } = linkSignals(callSignal, timeout.signal);
+  // One generator, the relay inline: a generator more would be one more hop for every token.
   try {
-    yield* relayChat(request, runId, deps, model, messages, signal);
+    yield AgentEvent.encode({ runId, event: { $case: "runStarted", value: { agentType: "chat", model, parentRunId: "" } } }).finish();
+    let response = "";
+    let finishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
+    let usage: Usage | undefined;
+    const events = deps.inference.chat(
+      {
+        model,
+        messages,
+        tools: request.tools,
+        sampling: request.sampling,
+        userId: request.userId,
+        sessionId: request.sessionId,
+        bypassCache: request.bypassCache,
+      },
+      { signal },
+    );
+    const encodeModelEvent = modelAgentEventEncoder(runId);
+    for await (const encoded of events) {
+      // Read for the run's own record (answer, finish reason, usage); relayed as it came.
+      const event = ChatEvent.decode(encoded);
+      switch (event.event?.$case) {
+        case "contentDelta":
+          response += event.event.value;
+          break;
+        case "finishReason":
+          finishReason = event.event.value;
+          break;
+        case "usage":
+          usage = event.event.value;
+          break;
+        default:
+          break;
+      }
+      yield encodeModelEvent(encoded);
+    }
+    yield AgentEvent.encode({
+      runId,
+      event: {
+        $case: "runFinished",
+        value: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: stopReasons[finishReason], response, iterations: 1, usage },
+      },
+    }).finish();
   } catch (error: unknown) {
     if (timeout.signal.aborted && !callSignal.aborted) {
       throw new ServerError(Status.DEADLINE_EXCEEDED, `the chat reached its timeout of ${timeoutMs} ms (budgets.timeout_ms of agent type chat)`);
@@ -78,57 +120,4 @@ export async function* runChatAgent(
     clearTimeout(timer);
     dispose();
   }
-}
-
-async function* relayChat(
-  request: RunAgentRequest,
-  runId: string,
-  deps: ChatAgentDependencies,
-  model: string,
-  messages: ChatMessage[],
-  signal: AbortSignal,
-): AsyncGenerator<Uint8Array, void, undefined> {
-
-  yield AgentEvent.encode({ runId, event: { $case: "runStarted", value: { agentType: "chat", model, parentRunId: "" } } }).finish();
-  let response = "";
-  let finishReason = FinishReason.FINISH_REASON_UNSPECIFIED;
-  let usage: Usage | undefined;
-  const events = deps.inference.chat(
-    {
-      model,
-      messages,
-      tools: request.tools,
-      sampling: request.sampling,
-      userId: request.userId,
-      sessionId: request.sessionId,
-      bypassCache: request.bypassCache,
-    },
-    { signal },
-  );
-  const encodeModelEvent = modelAgentEventEncoder(runId);
-  for await (const encoded of events) {
-    // Read for the run's own record (answer, finish reason, usage); relayed as it came.
-    const event = ChatEvent.decode(encoded);
-    switch (event.event?.$case) {
-      case "contentDelta":
-        response += event.event.value;
-        break;
-      case "finishReason":
-        finishReason = event.event.value;
-        break;
-      case "usage":
-        usage = event.event.value;
-        break;
-      default:
-        break;
-    }
-    yield encodeModelEvent(encoded);
-  }
-  yield AgentEvent.encode({
-    runId,
-    event: {
-      $case: "runFinished",
-      value: { status: AgentStatus.AGENT_STATUS_SUCCEEDED, stopReason: stopReasons[finishReason], response, iterations: 1, usage },
-    },
-  }).finish();
 }
