@@ -3,7 +3,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { InMemorySpanExporter } from "@opentelemetry/sdk-trace-base";
 import * as grpc from "@grpc/grpc-js";
-import { AgentServiceDefinition, AgentStatus, ChatEvent, ChatRequest, FinishReason, InferenceServiceDefinition } from "@vlinders/proto";
+import { AgentServiceDefinition, AgentStatus, ChatEvent, ChatRequest, FinishReason, InferenceServiceDefinition, type RunAgentRequest } from "@vlinders/proto";
 import { initTracing } from "@vlinders/service-runtime";
 import { createChannel, createClientFactory, Metadata, Status, type Channel } from "nice-grpc";
 import { deadlineMiddleware } from "nice-grpc-client-middleware-deadline";
@@ -15,6 +15,11 @@ const spans = new InMemorySpanExporter();
 initTracing({ service: "mesh-test", exporter: spans });
 
 const metadata = Metadata({ "x-internal-auth": meshSecret });
+
+/** A RunAgentRequest with nothing but its type and instruction set (and what `extra` says). */
+function agentRun(agentType: string, instruction: string, extra: Partial<RunAgentRequest> = {}): RunAgentRequest {
+  return { agentType, instruction, workspaceId: "", model: "", history: [], tools: [], sampling: undefined, userId: "", sessionId: "", overrides: undefined, bypassCache: false, ...extra };
+}
 const clients = createClientFactory().use(deadlineMiddleware);
 
 describe("a Chat through gateway, orchestrator and inference-broker to a vLLM worker", () => {
@@ -179,18 +184,7 @@ describe("the orchestrator's AgentService", () => {
     await mesh.stop();
   });
 
-  const request = (agentType: string, instruction: string) => ({
-    agentType,
-    instruction,
-    workspaceId: "",
-    model: "",
-    history: [],
-    tools: [],
-    sampling: undefined,
-    userId: "",
-    sessionId: "",
-    overrides: undefined,
-  });
+  const request = (agentType: string, instruction: string) => agentRun(agentType, instruction);
 
   it("runs the chat agent: run started, the model's events, run finished with the answer", async () => {
     const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
@@ -259,10 +253,7 @@ describe("an agent run refused for lack of room", () => {
   it("gives the caller RESOURCE_EXHAUSTED with a retry-after-ms trailer, through the gateway", async () => {
     const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
     const run = (instruction: string, onTrailer?: (trailer: Metadata) => void) =>
-      agents.runAgent(
-        { agentType: "chat", instruction, workspaceId: "", model: "", history: [], tools: [], sampling: undefined, userId: "", sessionId: "", overrides: undefined, bypassCache: false },
-        onTrailer ? { onTrailer } : {},
-      );
+      agents.runAgent(agentRun("chat", instruction), onTrailer ? { onTrailer } : {});
     const first = run("one two three four five six seven eight");
     for (let waited = 0; mesh.simulator.stats.running === 0 && waited < 5_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
     let trailer: Metadata | undefined;
@@ -289,20 +280,8 @@ describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
     await mesh.stop();
   });
 
-  const counterRun = (instruction: string) => ({
-    agentType: "counter",
-    instruction,
-    // Plugin tools get the run's workspace too (this one ignores it).
-    workspaceId: "notes",
-    model: "",
-    history: [],
-    tools: [],
-    sampling: undefined,
-    userId: "",
-    sessionId: "",
-    overrides: undefined,
-    bypassCache: false,
-  });
+  // Plugin tools get the run's workspace too (this one ignores it).
+  const counterRun = (instruction: string) => agentRun("counter", instruction, { workspaceId: "notes" });
 
   it("runs the plugin's agent type with its in-process tool, through the gateway", async () => {
     const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
