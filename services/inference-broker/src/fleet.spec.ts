@@ -454,6 +454,21 @@ describe("quotas", () => {
     }
   });
 
+  it("counts a request that fails over once against its model's requests per minute", async () => {
+    const fleet = await startFleet({ a: {}, b: {} }, { modelExtras: `    rpm: 2\n${roundRobin}`, env: { EJECT_AFTER_FAILURES: "1000" } });
+    try {
+      fleet.simulators.a!.injectFaults({ httpErrorStatus: 500 });
+      // Round-robin starts on a: the first request fails over to b, the second goes to b directly.
+      expect(await read(fleet.inference.chat(ask("first")))).toMatchObject({ text: "first" });
+      expect(fleet.simulators.a!.stats.requests).toBe(1);
+      expect(await read(fleet.inference.chat(ask("second")))).toMatchObject({ text: "second" });
+      const third = await read(fleet.inference.chat(ask("third")));
+      expect(third.error).toMatchObject({ code: Status.RESOURCE_EXHAUSTED });
+    } finally {
+      await fleet.stop();
+    }
+  });
+
   it("holds embeddings to the model's quota too, and counts them in the metrics", async () => {
     const fleet = await startFleet({ a: {} }, { modelExtras: "  - id: vlinders-sim-embed\n    workers: [a]\n    rpm: 1" });
     try {

@@ -112,6 +112,14 @@ export class ChatDispatcher {
     let lastFailure = "";
     /** Whether every worker tried so far answered busy (HTTP 429): then the model is busy, not down. */
     let allBusy = true;
+    // The quota keys this request holds, across its attempts: a failover takes only the keys it does
+    // not hold yet (another provider's), so one request counts once against its model's RPM.
+    const held: QuotaKey[] = [];
+    let accounted = false;
+    const account = (worker: Worker, usage: { promptTokens: number; completionTokens: number } | undefined) => {
+      accounted = true;
+      this.account(model, worker, usage, held, estimatedTokens);
+    };
     try {
       for (let attempt = 1; ; attempt += 1) {
         const worker = router.pick(model, pool.candidatesFor(model), request, tried);
@@ -128,11 +136,11 @@ export class ChatDispatcher {
           );
         }
         tried.add(worker.id);
-        const quotaKeys = this.quotaKeys(model, worker);
-        await this.admit(quotaKeys, estimatedTokens, context);
+        const fresh = this.quotaKeys(model, worker).filter((key) => !held.some((heldKey) => heldKey.key === key.key));
+        await this.admit(fresh, estimatedTokens, context);
+        held.push(...fresh);
         // The quota check may have waited on Redis: the worker may have been drained or removed.
         if (!pool.holds(worker) || !worker.routable) {
-          this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
           allBusy = false;
           continue;
         }
@@ -180,7 +188,7 @@ export class ChatDispatcher {
           }
           lease.release("success");
           settled = true;
-          this.account(model, worker, usage, quotaKeys, estimatedTokens);
+          account(worker, usage);
           // The cache keeps only complete answers and never rejects; nobody waits for the write.
           if (collected && cacheKey !== undefined) void this.deps.cache?.set(cacheKey, collected);
           return;
@@ -204,17 +212,15 @@ export class ChatDispatcher {
           upstream.dispose();
           lease.release("neutral");
           if (pool.holds(worker)) metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
-          if (!settled) {
-            // Cut short (an error, or the client left): what the worker generated still counts;
-            // an attempt that produced nothing gives its estimate back.
-            // The worker's usage comes in the last chunk, which a cut stream never gets: then the
-            // prompt is estimated and every delta sent counts as a token, rather than nothing.
-            if (delivered) this.account(model, worker, translator.takeUsage() ?? { promptTokens: estimatePromptTokens(request), completionTokens: deltasDelivered }, quotaKeys, estimatedTokens);
-            else this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
-          }
+          // Cut short (an error, or the client left) after text: what the worker generated counts.
+          // Its usage comes in the last chunk, which a cut stream never gets: then the prompt is
+          // estimated and every delta sent counts as a token, rather than nothing.
+          if (!settled && delivered) account(worker, translator.takeUsage() ?? { promptTokens: estimatePromptTokens(request), completionTokens: deltasDelivered });
         }
       }
     } finally {
+      // No attempt produced anything: the request's estimate is given back.
+      if (!accounted) this.deps.quotas?.commit(held, 0, estimatedTokens);
       releaseRetry?.();
       endRequest();
     }
@@ -251,14 +257,17 @@ export class ChatDispatcher {
     const tried = new Set<string>();
     const endRequest = retryBudget.startRequest();
     let releaseRetry: (() => void) | undefined;
+    // As for chats: the keys held across attempts, so a failover counts once against the model.
+    const held: QuotaKey[] = [];
+    let committed = false;
     try {
       for (let attempt = 1; ; attempt += 1) {
         const worker = router.pick(model, pool.candidatesFor(model), { sessionId: "", messages: [] }, tried);
         if (!worker) throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available`);
         tried.add(worker.id);
-        const quotaKeys = this.quotaKeys(model, worker);
-        await this.admit(quotaKeys, estimatedTokens, context);
-        let committed = false;
+        const fresh = this.quotaKeys(model, worker).filter((key) => !held.some((heldKey) => heldKey.key === key.key));
+        await this.admit(fresh, estimatedTokens, context);
+        held.push(...fresh);
         const lease = pool.lease(worker);
         this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         const upstream = linkSignals(context.signal, lease.signal);
@@ -277,7 +286,7 @@ export class ChatDispatcher {
           lease.release("success");
           const usage = toUsage(body.usage ?? {});
           this.deps.metrics.tokens.inc({ model: model.id, kind: "prompt" }, usage.promptTokens);
-          this.deps.quotas?.commit(quotaKeys, usage.promptTokens, estimatedTokens);
+          this.deps.quotas?.commit(held, usage.promptTokens, estimatedTokens);
           committed = true;
           this.deps.usage?.record({ provider: worker.endpoint.provider ?? selfHostedProvider, model: model.id, promptTokens: usage.promptTokens, completionTokens: 0 });
           return { model: model.id, embeddings: data.map((item) => ({ values: item.embedding ?? [] })), usage };
@@ -291,12 +300,12 @@ export class ChatDispatcher {
           this.deps.metrics.failovers.inc({ model: model.id, reason: verdict.reason });
         } finally {
           upstream.dispose();
-          // A failed attempt gives its estimate back.
-          if (!committed) this.deps.quotas?.commit(quotaKeys, 0, estimatedTokens);
           if (pool.holds(worker)) this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         }
       }
     } finally {
+      // No attempt answered: the request's estimate is given back.
+      if (!committed) this.deps.quotas?.commit(held, 0, estimatedTokens);
       releaseRetry?.();
       endRequest();
     }
