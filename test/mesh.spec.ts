@@ -355,6 +355,30 @@ describe("an orchestrator plugin module (ORCHESTRATOR_PLUGINS)", () => {
     }
   });
 
+  it("traces an agent run as one trace: run, loop, each model call and tool call, and the broker's calls", async () => {
+    const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
+    spans.reset();
+    let runId = "";
+    for await (const event of agents.streamAgent(counterRun('call word_count {"text":"trace me"}'))) runId = event.runId;
+    // Spans end as their calls do; some may end a moment after the run's last event.
+    const runEnded = () => spans.getFinishedSpans().some((span) => span.name === "run_agent" && span.attributes.run_id === runId);
+    for (let waited = 0; !runEnded() && waited < 2_000; waited += 10) await new Promise((resolve) => setTimeout(resolve, 10));
+    // Other tests' runs may end while this one runs: this run's spans are told apart by its run id.
+    const finished = spans.getFinishedSpans();
+    const ofRun = (name: string) => finished.filter((span) => span.name === name && span.attributes.run_id === runId);
+    const [run] = ofRun("run_agent");
+    expect(run?.attributes).toMatchObject({ agent_type: "counter" });
+    const traceId = run!.spanContext().traceId;
+    expect(ofRun("tool_calling_loop").map((span) => span.spanContext().traceId)).toEqual([traceId]);
+    expect(ofRun("vllm_inference").map((span) => span.spanContext().traceId)).toEqual([traceId, traceId]);
+    expect(ofRun("execute_tool word_count").map((span) => span.spanContext().traceId)).toEqual([traceId]);
+    // The same trace holds the gateway's and the orchestrator's StreamAgent (server and client
+    // sides) and the broker's two Chat calls.
+    const inTrace = finished.filter((span) => span.spanContext().traceId === traceId);
+    expect(inTrace.filter((span) => span.name.endsWith("AgentService/StreamAgent")).length).toBeGreaterThanOrEqual(3);
+    expect(inTrace.filter((span) => span.name.endsWith("InferenceService/Chat")).length).toBeGreaterThanOrEqual(2);
+  });
+
   it("lets the plugin's pre_tool_use hook deny a call", async () => {
     const agents = clients.create(AgentServiceDefinition, channel, { "*": { metadata } });
     const events = [];
