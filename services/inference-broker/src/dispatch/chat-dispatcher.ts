@@ -136,9 +136,7 @@ export class ChatDispatcher {
           );
         }
         tried.add(worker.id);
-        const fresh = this.quotaKeys(model, worker).filter((key) => !held.some((heldKey) => heldKey.key === key.key));
-        await this.admit(fresh, estimatedTokens, context);
-        held.push(...fresh);
+        await this.admitAttempt(held, model, worker, estimatedTokens, context);
         // The quota check may have waited on Redis: the worker may have been drained or removed.
         if (!pool.holds(worker) || !worker.routable) {
           allBusy = false;
@@ -265,9 +263,7 @@ export class ChatDispatcher {
         const worker = router.pick(model, pool.candidatesFor(model), { sessionId: "", messages: [] }, tried);
         if (!worker) throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available`);
         tried.add(worker.id);
-        const fresh = this.quotaKeys(model, worker).filter((key) => !held.some((heldKey) => heldKey.key === key.key));
-        await this.admit(fresh, estimatedTokens, context);
-        held.push(...fresh);
+        await this.admitAttempt(held, model, worker, estimatedTokens, context);
         const lease = pool.lease(worker);
         this.deps.metrics.workerInFlight.set({ worker: worker.id }, worker.inFlight);
         const upstream = linkSignals(context.signal, lease.signal);
@@ -320,6 +316,13 @@ export class ChatDispatcher {
       keys.push({ key: `provider:${provider.id}`, ...(provider.rpm === undefined ? {} : { rpm: provider.rpm }), ...(provider.tpm === undefined ? {} : { tpm: provider.tpm }) });
     }
     return keys;
+  }
+
+  /** Admits an attempt on `worker` under the keys the request does not hold yet, and holds them. */
+  private async admitAttempt(held: QuotaKey[], model: ModelEntry, worker: Worker, estimatedTokens: number, context: DispatchContext): Promise<void> {
+    const fresh = this.quotaKeys(model, worker).filter((key) => !held.some((heldKey) => heldKey.key === key.key));
+    await this.admit(fresh, estimatedTokens, context);
+    held.push(...fresh);
   }
 
   private async admit(keys: QuotaKey[], estimatedTokens: number, context: DispatchContext): Promise<void> {
