@@ -15,8 +15,11 @@ export const brokerConfigSchema = z.object({
       "must be comma-separated http:// or https:// base URLs, e.g. http://gpu-0:8000,http://gpu-1:8000",
     )
     .optional(),
-  /** Model catalog used when VLLM_URLS is unset. */
-  MODELS_CONFIG: z.string().default("configs/models.yaml"),
+  /**
+   * The models file. Without VLLM_URLS it is the catalog (default configs/models.yaml); beside
+   * VLLM_URLS, when set, it gives the discovered models their aliases, routing and quotas.
+   */
+  MODELS_CONFIG: z.string().optional(),
   /** With VLLM_URLS: the model used when a request names none (default: the first discovered). */
   DEFAULT_MODEL: z.string().optional(),
   /** With VLLM_URLS: the embedding model used when an Embed names none. */
@@ -52,3 +55,6 @@ export const brokerConfigSchema = z.object({
 });
 
 export type BrokerConfig = z.infer<typeof brokerConfigSchema>;
+
+/** The models file read when neither VLLM_URLS nor MODELS_CONFIG is set. */
+export const defaultModelsConfig = "configs/models.yaml";

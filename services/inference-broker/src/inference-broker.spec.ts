@@ -297,4 +297,36 @@ describe("inference-broker with a models file", () => {
       await simulator.close();
     }
   });
+
+  it("beside VLLM_URLS, gives the discovered models the file's aliases, default and quotas", async () => {
+    const simulator = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1 });
+    const { url } = await simulator.listen(0);
+    const path = join(directory, "settings.yaml");
+    // No worker serves "ghost": it stays unknown, and the file's settings for it change nothing.
+    await writeFile(
+      path,
+      [
+        "default_model: coder",
+        "models:",
+        "  - id: vlinders-sim-chat\n    aliases: [coder]\n    rpm: 2",
+        "  - id: ghost\n    aliases: [phantom]",
+      ].join("\n"),
+    );
+    const broker = await startBroker({ VLLM_URLS: url, MODELS_CONFIG: path });
+    try {
+      const byAlias = await collect(broker.client.chat(userSays("via alias", { model: "coder" })));
+      expect(byAlias).toMatchObject({ text: "via alias" });
+      expect(byAlias.events[0]?.model).toBe("vlinders-sim-chat");
+      const byDefault = await collect(broker.client.chat(userSays("via default")));
+      expect(byDefault.events[0]?.model).toBe("vlinders-sim-chat");
+      const overQuota = await collect(broker.client.chat(userSays("one too many", { model: "vlinders-sim-chat" })));
+      expect(overQuota.error).toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("vlinders-sim-chat") });
+      const ghost = await collect(broker.client.chat(userSays("boo", { model: "phantom" })));
+      expect(ghost.error).toMatchObject({ code: Status.NOT_FOUND, details: expect.stringContaining("phantom") });
+    } finally {
+      broker.channel.close();
+      await broker.host.shutdown();
+      await simulator.close();
+    }
+  });
 });

@@ -4,7 +4,7 @@ import { createServiceHost, type ServiceHost, type ServiceRuntime } from "@vlind
 import { createInferenceAdminService } from "./admin-service";
 import { createBrokerMetrics } from "./broker-metrics";
 import { createInProcessResponseCache, createRedisResponseCache } from "./cache/response-cache";
-import type { BrokerConfig } from "./config";
+import { defaultModelsConfig, type BrokerConfig } from "./config";
 import { ChatDispatcher } from "./dispatch/chat-dispatcher";
 import { RetryBudget } from "./dispatch/retry-budget";
 import { BrokerInferenceServiceDefinition, createInferenceService } from "./inference-service";
@@ -15,10 +15,10 @@ import { brokerMigrations } from "./providers/migrations";
 import { createUsageRecorder } from "./providers/usage-recorder";
 import { createInProcessQuotaLimiter, createRedisQuotaLimiter } from "./quotas/quota-limiter";
 import { createRedisConnection } from "@vlinders/redis";
-import { discoverModels, parseWorkerUrls } from "./registry/discovery";
+import { applyModelSettings, describeWorkers, discoverModels, parseWorkerUrls } from "./registry/discovery";
 import { OperatorEdits } from "./registry/catalog-edits";
 import { ModelRegistry, type ModelCatalog } from "./registry/model-registry";
-import { loadModelsConfig } from "./registry/models-config";
+import { loadModelSettings, loadModelsConfig } from "./registry/models-config";
 import { WorkerRouter } from "./routing/worker-router";
 import { WorkerClient } from "./upstream/worker-client";
 
@@ -56,14 +56,18 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
   const host = createServiceHost(runtime);
 
   const loadCatalog = async (signal: AbortSignal): Promise<ModelCatalog> => {
-    if (config.VLLM_URLS === undefined) return loadModelsConfig(config.MODELS_CONFIG);
-    return discoverModels(parseWorkerUrls(config.VLLM_URLS), workers, {
+    if (config.VLLM_URLS === undefined) return loadModelsConfig(config.MODELS_CONFIG ?? defaultModelsConfig);
+    // Read on every reload, like the catalog file: SIGHUP picks up edited aliases and quotas.
+    const settings = config.MODELS_CONFIG === undefined ? undefined : await loadModelSettings(config.MODELS_CONFIG);
+    const endpoints = parseWorkerUrls(config.VLLM_URLS);
+    const discovered = await discoverModels(settings ? describeWorkers(endpoints, settings, config.MODELS_CONFIG ?? "") : endpoints, workers, {
       logger,
       signal: AbortSignal.any([signal, AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS)]),
       previous: registry.current(),
       ...(config.DEFAULT_MODEL === undefined ? {} : { defaultModel: config.DEFAULT_MODEL }),
       ...(config.DEFAULT_EMBEDDING_MODEL === undefined ? {} : { defaultEmbeddingModel: config.DEFAULT_EMBEDDING_MODEL }),
     });
+    return settings ? applyModelSettings(discovered, settings) : discovered;
   };
   const operatorEdits = new OperatorEdits();
   const reload = async (signal: AbortSignal) => {
@@ -76,7 +80,9 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
   };
 
   const initial = await reload(AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS + 1_000));
-  logger.info({ source: config.VLLM_URLS === undefined ? config.MODELS_CONFIG : "VLLM_URLS", models: initial.models, workers: initial.added }, "workers configured");
+  const source =
+    config.VLLM_URLS === undefined ? (config.MODELS_CONFIG ?? defaultModelsConfig) : config.MODELS_CONFIG === undefined ? "VLLM_URLS" : `VLLM_URLS with ${config.MODELS_CONFIG}`;
+  logger.info({ source, models: initial.models, workers: initial.added }, "workers configured");
   const prober = startHealthProber(pool, { intervalMs: config.HEALTH_PROBE_INTERVAL_MS, timeoutMs: config.HEALTH_PROBE_TIMEOUT_MS }, logger);
   host.onShutdown(() => prober.stop());
   // Probe once before serving, so the first requests are routed on real health and load.

@@ -1,7 +1,8 @@
 import type { Logger } from "@vlinders/service-runtime";
 import type { WorkerClient } from "../upstream/worker-client";
-import { discoverModels, parseWorkerUrls } from "./discovery";
-import type { WorkerEndpoint } from "./model-registry";
+import { applyModelSettings, describeWorkers, discoverModels, parseWorkerUrls } from "./discovery";
+import type { ModelCatalog, WorkerEndpoint } from "./model-registry";
+import { ModelsConfigError, parseModelSettings } from "./models-config";
 
 describe("parseWorkerUrls", () => {
   it("names workers by position and removes trailing slashes and the /v1 suffix", () => {
@@ -75,5 +76,66 @@ describe("discoverModels", () => {
     expect(catalog).toEqual({ models: [{ id: "qwen", aliases: [], workers: [gpu1], maxContextTokens: 0 }] });
     expect(warn).toHaveBeenCalledTimes(1);
     expect(warn.mock.calls[0]?.[0]).toMatchObject({ worker: "worker-0", url: "http://gpu-0:8000" });
+  });
+});
+
+describe("a models file beside VLLM_URLS", () => {
+  const settings = parseModelSettings(
+    [
+      "default_model: coder",
+      "default_embedding_model: embedder",
+      "providers:\n  - id: acme\n    rpm: 100",
+      "workers:\n  - id: gpu-a\n    url: http://gpu-a:8000/v1\n    max_num_seqs: 64\n  - id: acme-eu\n    url: https://api.acme.example\n    provider: acme",
+      "models:",
+      "  - id: qwen\n    aliases: [coder, mistral]\n    max_context_tokens: 16384\n    routing:\n      policy: round-robin\n    tpm: 5000",
+      "  - id: bge\n    aliases: [embedder]",
+      "  - id: llama\n    aliases: [fast]",
+    ].join("\n"),
+    "settings.yaml",
+  );
+
+  it("describes a VLLM_URLS worker the file lists at the same URL, and leaves the others as they are", () => {
+    const workers = describeWorkers(parseWorkerUrls("http://gpu-a:8000,http://gpu-b:8000,https://api.acme.example/v1"), settings, "settings.yaml");
+    expect(workers).toEqual([
+      { id: "gpu-a", url: "http://gpu-a:8000", maxNumSeqs: 64 },
+      { id: "worker-1", url: "http://gpu-b:8000" },
+      { id: "acme-eu", url: "https://api.acme.example", provider: "acme" },
+    ]);
+  });
+
+  it("refuses a file worker id that a VLLM_URLS worker at another URL already has", () => {
+    const clash = parseModelSettings("workers:\n  - id: worker-1\n    url: http://gpu-a:8000\nmodels:\n  - id: qwen\n", "settings.yaml");
+    const describe = () => describeWorkers(parseWorkerUrls("http://gpu-a:8000,http://gpu-b:8000"), clash, "settings.yaml");
+    expect(describe).toThrow(ModelsConfigError);
+    expect(describe).toThrow('settings.yaml: the worker id "worker-1" would name both http://gpu-a:8000 and http://gpu-b:8000');
+  });
+
+  const gpu: WorkerEndpoint = { id: "worker-0", url: "http://gpu-0:8000" };
+  const discovered: ModelCatalog = {
+    models: [
+      { id: "qwen", aliases: [], workers: [gpu], maxContextTokens: 0 },
+      { id: "bge", aliases: [], workers: [gpu], maxContextTokens: 512 },
+      { id: "mistral", aliases: [], workers: [gpu], maxContextTokens: 8192 },
+    ],
+  };
+
+  it("gives each discovered model the file's aliases, routing and quota, and adds no model no worker serves", () => {
+    const catalog = applyModelSettings(discovered, settings);
+    expect(catalog.models).toEqual([
+      // "mistral" is dropped from qwen's aliases: it is a discovered model's own id.
+      { id: "qwen", aliases: ["coder"], workers: [gpu], maxContextTokens: 16384, routing: { policy: "round-robin", sessionAffinity: true, prefixAffinity: true }, quota: { tpm: 5000 } },
+      // The worker's own context length wins over the file's.
+      { id: "bge", aliases: ["embedder"], workers: [gpu], maxContextTokens: 512 },
+      { id: "mistral", aliases: [], workers: [gpu], maxContextTokens: 8192 },
+    ]);
+    expect(catalog.providers).toEqual([{ id: "acme", rpm: 100 }]);
+    expect(catalog).toMatchObject({ defaultModel: "coder", defaultEmbeddingModel: "embedder" });
+  });
+
+  it("prefers DEFAULT_MODEL, and drops a file default that no worker serves", () => {
+    expect(applyModelSettings({ ...discovered, defaultModel: "mistral" }, settings).defaultModel).toBe("mistral");
+    const withoutBge = applyModelSettings({ models: discovered.models.filter((model) => model.id !== "bge") }, settings);
+    expect(withoutBge).not.toHaveProperty("defaultEmbeddingModel");
+    expect(withoutBge.defaultModel).toBe("coder");
   });
 });

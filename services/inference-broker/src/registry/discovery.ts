@@ -1,5 +1,6 @@
 import type { Logger } from "@vlinders/service-runtime";
 import { normalizeWorkerUrl, type ModelCatalog, type ModelEntry, type WorkerEndpoint } from "./model-registry";
+import { ModelsConfigError, type ModelSettings } from "./models-config";
 import type { WorkerClient } from "../upstream/worker-client";
 
 interface ModelsListBody {
@@ -57,5 +58,61 @@ export async function discoverModels(
     models: [...models.values()],
     ...(options.defaultModel === undefined ? {} : { defaultModel: options.defaultModel }),
     ...(options.defaultEmbeddingModel === undefined ? {} : { defaultEmbeddingModel: options.defaultEmbeddingModel }),
+  };
+}
+
+/**
+ * VLLM_URLS workers as the models file (MODELS_CONFIG, beside VLLM_URLS) describes them: a worker
+ * the file lists at the same URL takes its id, `max_num_seqs` and provider; the others keep their
+ * positional ids. Throws a ModelsConfigError when two workers would share an id.
+ */
+export function describeWorkers(endpoints: readonly WorkerEndpoint[], settings: ModelSettings, source: string): WorkerEndpoint[] {
+  const described = endpoints.map((endpoint) => {
+    const known = settings.workers.find((worker) => worker.url === endpoint.url);
+    return known ? { ...known, url: endpoint.url } : endpoint;
+  });
+  const urlsById = new Map<string, string>();
+  for (const worker of described) {
+    const other = urlsById.get(worker.id);
+    if (other !== undefined && other !== worker.url) {
+      throw new ModelsConfigError(`${source}: the worker id "${worker.id}" would name both ${other} and ${worker.url} (from VLLM_URLS); give the file's worker another id`);
+    }
+    urlsById.set(worker.id, worker.url);
+  }
+  return described;
+}
+
+/**
+ * The discovered catalog with the models file's settings on top: each discovered model that the
+ * file names takes its aliases, routing and quota (and its context length when the worker reports
+ * none); the file's providers and quotas apply. The workers stay the discovered ones: a model the
+ * file names but no worker serves is not added. The default models are DEFAULT_MODEL and
+ * DEFAULT_EMBEDDING_MODEL when set, else the file's when a worker serves them, else the first.
+ */
+export function applyModelSettings(discovered: ModelCatalog, settings: ModelSettings): ModelCatalog {
+  const fileModels = new Map(settings.catalog.models.map((model) => [model.id, model]));
+  const discoveredIds = new Set(discovered.models.map((model) => model.id));
+  const models = discovered.models.map((model): ModelEntry => {
+    const fromFile = fileModels.get(model.id);
+    if (!fromFile) return model;
+    return {
+      ...model,
+      // An alias that is the id of another discovered model would hide that model.
+      aliases: fromFile.aliases.filter((alias) => !discoveredIds.has(alias)),
+      maxContextTokens: model.maxContextTokens > 0 ? model.maxContextTokens : fromFile.maxContextTokens,
+      ...(fromFile.routing ? { routing: fromFile.routing } : {}),
+      ...(fromFile.quota ? { quota: fromFile.quota } : {}),
+    };
+  });
+  const served = new Set(models.flatMap((model) => [model.id, ...model.aliases]));
+  const pick = (fromEnvironment: string | undefined, fromFile: string | undefined) =>
+    fromEnvironment ?? (fromFile !== undefined && served.has(fromFile) ? fromFile : undefined);
+  const defaultModel = pick(discovered.defaultModel, settings.catalog.defaultModel);
+  const defaultEmbeddingModel = pick(discovered.defaultEmbeddingModel, settings.catalog.defaultEmbeddingModel);
+  return {
+    models,
+    ...(settings.catalog.providers ? { providers: settings.catalog.providers } : {}),
+    ...(defaultModel === undefined ? {} : { defaultModel }),
+    ...(defaultEmbeddingModel === undefined ? {} : { defaultEmbeddingModel }),
   };
 }

@@ -1,6 +1,6 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { loadModelsConfig, ModelsConfigError, parseModelsConfig } from "./models-config";
+import { loadModelsConfig, ModelsConfigError, parseModelSettings, parseModelsConfig } from "./models-config";
 
 const repositoryConfig = join(__dirname, "../../../../configs/models.yaml");
 
@@ -124,5 +124,23 @@ describe("parseModelsConfig", () => {
     const error = configError(`${validYaml}defualt_model: coder\n`);
     expect(error.message).toMatch(/^models\.yaml: \(root\): /);
     expect(error.message).toContain("defualt_model");
+  });
+});
+
+describe("parseModelSettings (a models file beside VLLM_URLS)", () => {
+  it("needs no workers, and keeps every worker the file lists for VLLM_URLS to match", () => {
+    const settings = parseModelSettings("models:\n  - id: qwen\n    aliases: [coder]\n    rpm: 60\n", "settings.yaml");
+    expect(settings).toEqual({ catalog: { models: [{ id: "qwen", aliases: ["coder"], maxContextTokens: 0, quota: { rpm: 60 }, workers: [] }] }, workers: [] });
+    const withWorkers = parseModelSettings(validYaml, "models.yaml");
+    expect(withWorkers.workers).toEqual([
+      { id: "gpu-0", url: "http://10.0.0.10:8000", maxNumSeqs: 256 },
+      { id: "gpu-1", url: "http://10.0.0.11:8000" },
+    ]);
+  });
+
+  it("checks the rest as strictly as the catalog file", () => {
+    expect(() => parseModelSettings("models:\n  - id: qwen\n    rpm: -1\n", "settings.yaml")).toThrow(/settings\.yaml: models\.0\.rpm/);
+    expect(() => parseModelSettings("default_model: nope\nmodels:\n  - id: qwen\n", "settings.yaml")).toThrow('settings.yaml: default_model: no model is named "nope"');
+    expect(() => parseModelSettings("models: []\n", "settings.yaml")).toThrow(/settings\.yaml: models/);
   });
 });

@@ -2,7 +2,7 @@ import { readFile } from "node:fs/promises";
 import { parse } from "yaml";
 import { ConfigError } from "@vlinders/service-runtime";
 import { z } from "zod";
-import { normalizeWorkerUrl, type ModelCatalog } from "./model-registry";
+import { normalizeWorkerUrl, type ModelCatalog, type WorkerEndpoint } from "./model-registry";
 import { providerIdPattern, providerIdRule } from "../providers/provider-id";
 
 const workerSchema = z.object({
@@ -47,6 +47,23 @@ const modelsFileSchema = z
   })
   .strict();
 
+// With VLLM_URLS the workers come from there and the models from the workers' /v1/models; the file
+// gives only settings, so it may list no workers, and its models need not name any.
+const modelSettingsFileSchema = modelsFileSchema.extend({
+  workers: z.array(workerSchema).default([]),
+  models: z.array(modelSchema.extend({ workers: z.array(z.string().min(1)).default([]) })).min(1),
+});
+
+/**
+ * A models file read for its settings only (VLLM_URLS names the workers): the catalog it describes,
+ * and every worker it lists, so that a VLLM_URLS worker at the same URL takes that worker's id,
+ * `max_num_seqs` and provider.
+ */
+export interface ModelSettings {
+  catalog: ModelCatalog;
+  workers: WorkerEndpoint[];
+}
+
 /** A models file that cannot be used; a ConfigError, so the service refuses to start naming it. */
 export class ModelsConfigError extends ConfigError {
   override name = "ModelsConfigError";
@@ -54,13 +71,22 @@ export class ModelsConfigError extends ConfigError {
 
 /** Parses configs/models.yaml; errors name the file and the path of the offending field. */
 export function parseModelsConfig(text: string, source: string): ModelCatalog {
+  return parseModelsFile(text, source, modelsFileSchema).catalog;
+}
+
+/** Parses a models file used beside VLLM_URLS; the same checks, but workers are optional. */
+export function parseModelSettings(text: string, source: string): ModelSettings {
+  return parseModelsFile(text, source, modelSettingsFileSchema);
+}
+
+function parseModelsFile(text: string, source: string, schema: typeof modelsFileSchema | typeof modelSettingsFileSchema): ModelSettings {
   let raw: unknown;
   try {
     raw = parse(text);
   } catch (error: unknown) {
     throw new ModelsConfigError(`${source}: not valid YAML: ${error instanceof Error ? error.message : String(error)}`);
   }
-  const result = modelsFileSchema.safeParse(raw);
+  const result = schema.safeParse(raw);
   if (!result.success) {
     const problems = result.error.issues.map((issue) => `${issue.path.join(".") || "(root)"}: ${issue.message}`);
     throw new ModelsConfigError(`${source}: ${problems.join("; ")}`);
@@ -111,11 +137,15 @@ export function parseModelsConfig(text: string, source: string): ModelCatalog {
   ] as const) {
     if (name !== undefined && !names.has(name)) throw new ModelsConfigError(`${source}: ${key}: no model is named "${name}"`);
   }
-  return {
+  const catalog: ModelCatalog = {
     models,
     ...(file.providers.length > 0 ? { providers: file.providers.map((provider) => withoutUndefined(provider)) } : {}),
     ...(file.default_model === undefined ? {} : { defaultModel: file.default_model }),
     ...(file.default_embedding_model === undefined ? {} : { defaultEmbeddingModel: file.default_embedding_model }),
+  };
+  return {
+    catalog,
+    workers: file.workers.map((worker) => withoutUndefined({ id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs, provider: worker.provider })),
   };
 }
 
@@ -125,12 +155,18 @@ function withoutUndefined<T extends Record<string, unknown>>(value: T): { [K in 
 }
 
 export async function loadModelsConfig(path: string): Promise<ModelCatalog> {
-  let text: string;
+  return parseModelsConfig(await readModelsFile(path), path);
+}
+
+export async function loadModelSettings(path: string): Promise<ModelSettings> {
+  return parseModelSettings(await readModelsFile(path), path);
+}
+
+async function readModelsFile(path: string): Promise<string> {
   try {
-    text = await readFile(path, "utf8");
+    return await readFile(path, "utf8");
   } catch (error: unknown) {
     const reason = (error as NodeJS.ErrnoException).code === "ENOENT" ? "no such file" : error instanceof Error ? error.message : String(error);
     throw new ModelsConfigError(`invalid configuration: MODELS_CONFIG: cannot read ${JSON.stringify(path)}: ${reason}`);
   }
-  return parseModelsConfig(text, path);
 }
