@@ -44,10 +44,11 @@ function step(title, program, args, options = {}) {
 step(`install dependencies (pnpm ${pnpmVersion})`, pnpm, [...pnpmPrefix, "install", "--frozen-lockfile", "--reporter=append-only"]);
 step("build (tsc -b)", pnpm, [...pnpmPrefix, "exec", "tsc", "-b"]);
 
-// The tool-runner runs commands in Docker containers (or bubblewrap); the suite needs both, so
-// `npm test` installs them when it can, while `npm start` only starts a daemon that is installed.
+// The tool-runner runs commands in Docker containers (or bubblewrap); the suite and the benchmarks
+// (real sandboxed tool calls) need them, so `npm test` and `npm run bench:*` install them when they
+// can, while `npm start` only starts a daemon that is installed.
 console.log("\n▶ sandbox host (Docker engine, bubblewrap, ripgrep)");
-await ensureSandboxHost({ rootDir, install: command === "test" });
+await ensureSandboxHost({ rootDir, install: command === "test" || command === "bench" });
 
 if (command === "bench") {
   const script = join(rootDir, "test/bench/dist", `${benchName}-bench.js`);
