@@ -45,10 +45,10 @@ step(`install dependencies (pnpm ${pnpmVersion})`, pnpm, [...pnpmPrefix, "instal
 step("build (tsc -b)", pnpm, [...pnpmPrefix, "exec", "tsc", "-b"]);
 
 // The tool-runner runs commands in Docker containers (or bubblewrap); the suite and the benchmarks
-// (real sandboxed tool calls) need them, so `npm test` and `npm run bench:*` install them when they
-// can, while `npm start` only starts a daemon that is installed.
+// that make real sandboxed tool calls need them, so `npm test`, `bench:sandbox` and `bench:agents`
+// install them when they can, while `npm start` only starts a daemon that is installed.
 console.log("\n▶ sandbox host (Docker engine, bubblewrap, ripgrep)");
-await ensureSandboxHost({ rootDir, install: command === "test" || command === "bench" });
+await ensureSandboxHost({ rootDir, install: command === "test" || (command === "bench" && benchName !== "inference") });
 
 if (command === "bench") {
   const script = join(rootDir, "test/bench/dist", `${benchName}-bench.js`);

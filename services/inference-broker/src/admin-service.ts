@@ -2,7 +2,7 @@ import type { InferenceAdminServiceImplementation, ProviderKeyInfo, UsageRow } f
 import { ServerError, Status } from "nice-grpc-common";
 import type { WorkerPool } from "./pool/worker-pool";
 import { withWorker, withoutWorker, type OperatorEdits } from "./registry/catalog-edits";
-import { normalizeWorkerUrl, type ModelRegistry, type WorkerEndpoint } from "./registry/model-registry";
+import { normalizeWorkerUrl, type ModelCatalog, type ModelRegistry, type WorkerEndpoint } from "./registry/model-registry";
 import type { WorkerClient } from "./upstream/worker-client";
 import { providerIdPattern, providerIdRule } from "./providers/provider-id";
 
@@ -28,6 +28,8 @@ export interface AdminServiceDependencies {
   reload(signal: AbortSignal): Promise<{ models: string[]; added: string[]; removed: string[] }>;
   /** AddWorker and RemoveWorker are recorded here, so that `reload` keeps them. */
   operatorEdits: OperatorEdits;
+  /** The models file's settings (beside VLLM_URLS) on a catalog AddWorker changed: aliases, quotas. */
+  withModelSettings?: (catalog: ModelCatalog) => ModelCatalog;
   vault?: KeyVaultAdminPort;
   usage?: UsageReportPort;
 }
@@ -99,7 +101,8 @@ export function createInferenceAdminService(deps: AdminServiceDependencies): Inf
         if (models.length === 0) throw new ServerError(Status.FAILED_PRECONDITION, `worker ${request.id} lists no models at ${endpoint.url}/v1/models`);
       }
       deps.operatorEdits.added(endpoint, models);
-      registry.replace(withWorker(registry.current(), endpoint, models));
+      const catalog = withWorker(registry.current(), endpoint, models);
+      registry.replace(deps.withModelSettings ? deps.withModelSettings(catalog) : catalog);
       const worker = pool.add(endpoint, models);
       return worker.status(performance.now(), pool.settings.metricsStaleAfterMs);
     },

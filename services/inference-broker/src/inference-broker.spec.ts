@@ -2,13 +2,13 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { FinishReason, InferenceServiceDefinition, type ChatEvent, type ChatRequest } from "@vlinders/proto";
+import { FinishReason, InferenceAdminServiceDefinition, InferenceServiceDefinition, type ChatEvent, type ChatRequest } from "@vlinders/proto";
 import { createInProcessRuntime, loadConfig, type ServiceHost } from "@vlinders/service-runtime";
 import { VllmSimulator } from "@vlinders/vllm-simulator";
 import { createChannel, createClientFactory, Metadata, Status, type Channel, type Client } from "nice-grpc";
 import { deadlineMiddleware, type DeadlineOptions } from "nice-grpc-client-middleware-deadline";
 import { brokerConfigSchema } from "./config";
-import { createInferenceBroker } from "./inference-broker";
+import { createInferenceBroker, type InferenceBroker } from "./inference-broker";
 
 const internalSecret = "broker-spec-secret-0123456789";
 const metadata = Metadata({ "x-internal-auth": internalSecret });
@@ -54,16 +54,27 @@ async function closedPort(): Promise<number> {
 }
 
 
-async function startBroker(
-  env: NodeJS.ProcessEnv,
-): Promise<{ host: ServiceHost; channel: Channel; client: Client<typeof InferenceServiceDefinition, DeadlineOptions> }> {
+async function startBroker(env: NodeJS.ProcessEnv): Promise<{
+  host: ServiceHost;
+  reload: InferenceBroker["reload"];
+  channel: Channel;
+  client: Client<typeof InferenceServiceDefinition, DeadlineOptions>;
+  admin: Client<typeof InferenceAdminServiceDefinition>;
+}> {
   // The machine's PostgreSQL: the embedded PGlite would add seconds to every broker start.
   const database = { DATABASE_URL: process.env.TEST_DATABASE_URL ?? "postgres://postgres@127.0.0.1:5432/test" };
   const runtime = createInProcessRuntime("inference-broker", { internalSecret });
-  const { host } = await createInferenceBroker(loadConfig(brokerConfigSchema, { ...database, ...env }), runtime);
+  const { host, reload } = await createInferenceBroker(loadConfig(brokerConfigSchema, { ...database, ...env }), runtime);
   const { grpcPort } = await host.listen({ host: "127.0.0.1", grpcPort: 0 });
   const channel = createChannel(`127.0.0.1:${grpcPort}`);
-  return { host, channel, client: createClientFactory().use(deadlineMiddleware).create(InferenceServiceDefinition, channel, { "*": { metadata } }) };
+  const factory = createClientFactory();
+  return {
+    host,
+    reload,
+    channel,
+    client: factory.use(deadlineMiddleware).create(InferenceServiceDefinition, channel, { "*": { metadata } }),
+    admin: factory.create(InferenceAdminServiceDefinition, channel, { "*": { metadata } }),
+  };
 }
 
 describe("inference-broker against the vLLM simulator", () => {
@@ -298,35 +309,73 @@ describe("inference-broker with a models file", () => {
     }
   });
 
-  it("beside VLLM_URLS, gives the discovered models the file's aliases, default and quotas", async () => {
-    const simulator = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1 });
+  it("beside VLLM_URLS, gives the discovered models the file's aliases, default, quotas and worker names", async () => {
+    // "base-model" comes first: without the file's default, a request naming no model would get it.
+    const simulator = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1, models: [{ id: "base-model", maxModelLen: 4096 }, { id: "vlinders-sim-chat", maxModelLen: 4096 }] });
+    const added = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1, models: [{ id: "extra-model", maxModelLen: 4096 }] });
     const { url } = await simulator.listen(0);
+    const { url: addedUrl } = await added.listen(0);
     const path = join(directory, "settings.yaml");
-    // No worker serves "ghost": it stays unknown, and the file's settings for it change nothing.
+    // The file's model lists no workers: VLLM_URLS and discovery decide who serves what. No worker
+    // serves "ghost", so it stays unknown; "extra-model" is served once AddWorker adds its worker.
     await writeFile(
       path,
       [
         "default_model: coder",
+        `workers:\n  - id: gpu-a\n    url: ${url}/v1`,
         "models:",
-        "  - id: vlinders-sim-chat\n    aliases: [coder]\n    rpm: 2",
-        "  - id: ghost\n    aliases: [phantom]",
+        "  - id: vlinders-sim-chat\n    aliases: [coder]\n    rpm: 3\n    workers: [gpu-a]",
+        "  - id: ghost\n    aliases: [phantom]\n    workers: [elsewhere]",
+        "  - id: extra-model\n    aliases: [extra]",
       ].join("\n"),
     );
     const broker = await startBroker({ VLLM_URLS: url, MODELS_CONFIG: path });
     try {
+      expect((await broker.admin.getPoolStatus({})).workers.map((worker) => worker.id)).toEqual(["gpu-a"]);
       const byAlias = await collect(broker.client.chat(userSays("via alias", { model: "coder" })));
       expect(byAlias).toMatchObject({ text: "via alias" });
       expect(byAlias.events[0]?.model).toBe("vlinders-sim-chat");
       const byDefault = await collect(broker.client.chat(userSays("via default")));
       expect(byDefault.events[0]?.model).toBe("vlinders-sim-chat");
+      await collect(broker.client.chat(userSays("third", { model: "vlinders-sim-chat" })));
       const overQuota = await collect(broker.client.chat(userSays("one too many", { model: "vlinders-sim-chat" })));
       expect(overQuota.error).toMatchObject({ code: Status.RESOURCE_EXHAUSTED, details: expect.stringContaining("vlinders-sim-chat") });
       const ghost = await collect(broker.client.chat(userSays("boo", { model: "phantom" })));
       expect(ghost.error).toMatchObject({ code: Status.NOT_FOUND, details: expect.stringContaining("phantom") });
+
+      await broker.admin.addWorker({ id: "added", url: addedUrl, models: [], maxNumSeqs: 0, provider: "" });
+      const viaAddedAlias = await collect(broker.client.chat(userSays("added", { model: "extra" })));
+      expect(viaAddedAlias).toMatchObject({ text: "added" });
+      expect(viaAddedAlias.events[0]?.model).toBe("extra-model");
+
+      // An operator's reload reads the file again: the alias moves, and the old one is gone.
+      await writeFile(path, "models:\n  - id: vlinders-sim-chat\n    aliases: [writer]\n");
+      await broker.reload(AbortSignal.timeout(5_000));
+      expect((await collect(broker.client.chat(userSays("renamed", { model: "writer" })))).text).toBe("renamed");
+      expect((await collect(broker.client.chat(userSays("old name", { model: "coder" })))).error).toMatchObject({ code: Status.NOT_FOUND });
+      // Without the file's default, the first discovered model is the default again.
+      expect((await collect(broker.client.chat(userSays("default now")))).events[0]?.model).toBe("base-model");
+
+      // A broken file fails the operator's reload, naming it, and changes nothing.
+      await writeFile(path, "models: [\n");
+      await expect(broker.reload(AbortSignal.timeout(5_000))).rejects.toThrow(path);
+      expect((await collect(broker.client.chat(userSays("still here", { model: "writer" })))).text).toBe("still here");
+      // The periodic rediscovery goes on with the last good settings: a new worker's models appear.
+      const replacement = new VllmSimulator({ timeToFirstTokenMs: 1, interTokenLatencyMs: 1, models: [{ id: "base-model", maxModelLen: 4096 }, { id: "vlinders-sim-chat", maxModelLen: 4096 }, { id: "late-model", maxModelLen: 4096 }] });
+      await simulator.close();
+      await replacement.listen(Number(new URL(url).port));
+      try {
+        await expect(broker.reload(AbortSignal.timeout(5_000), "rediscovery")).resolves.toMatchObject({ models: expect.arrayContaining(["late-model"]) });
+        expect((await collect(broker.client.chat(userSays("late", { model: "late-model" })))).text).toBe("late");
+        expect((await collect(broker.client.chat(userSays("kept", { model: "writer" })))).text).toBe("kept");
+      } finally {
+        await replacement.close();
+      }
     } finally {
       broker.channel.close();
       await broker.host.shutdown();
       await simulator.close();
+      await added.close();
     }
   });
 });

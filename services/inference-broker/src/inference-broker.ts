@@ -18,14 +18,18 @@ import { createRedisConnection } from "@vlinders/redis";
 import { applyModelSettings, describeWorkers, discoverModels, parseWorkerUrls } from "./registry/discovery";
 import { OperatorEdits } from "./registry/catalog-edits";
 import { ModelRegistry, type ModelCatalog } from "./registry/model-registry";
-import { loadModelSettings, loadModelsConfig } from "./registry/models-config";
+import { loadModelSettings, loadModelsConfig, type ModelSettings } from "./registry/models-config";
 import { WorkerRouter } from "./routing/worker-router";
 import { WorkerClient } from "./upstream/worker-client";
+
+/** Who asked for a reload: an operator (start, SIGHUP, ReloadModels) or the periodic rediscovery. */
+export type ReloadOrigin = "operator" | "rediscovery";
 
 /** The composed broker: its host, and the reload that SIGHUP and the admin RPC trigger. */
 export interface InferenceBroker {
   host: ServiceHost;
-  reload(signal: AbortSignal): Promise<{ models: string[]; added: string[]; removed: string[] }>;
+  /** An operator's reload (the default) fails on a broken models file; rediscovery keeps its last good settings. */
+  reload(signal: AbortSignal, origin?: ReloadOrigin): Promise<{ models: string[]; added: string[]; removed: string[] }>;
 }
 
 /**
@@ -55,23 +59,36 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
   );
   const host = createServiceHost(runtime);
 
-  const loadCatalog = async (signal: AbortSignal): Promise<ModelCatalog> => {
+  // The models file beside VLLM_URLS, as last read: its settings go on top of every catalog,
+  // AddWorker's included.
+  let modelSettings: ModelSettings | undefined;
+  const readModelSettings = async (path: string, origin: ReloadOrigin): Promise<void> => {
+    try {
+      modelSettings = await loadModelSettings(path);
+    } catch (error: unknown) {
+      // An operator's reload reports the broken file; the periodic rediscovery must not stop
+      // finding workers' models over it, so it keeps the last good settings.
+      if (origin === "operator" || modelSettings === undefined) throw error;
+      logger.error({ err: error }, "the models file cannot be used; rediscovery keeps its last good settings");
+    }
+  };
+  const withModelSettings = (catalog: ModelCatalog): ModelCatalog => (modelSettings ? applyModelSettings(catalog, modelSettings) : catalog);
+  const loadCatalog = async (signal: AbortSignal, origin: ReloadOrigin): Promise<ModelCatalog> => {
     if (config.VLLM_URLS === undefined) return loadModelsConfig(config.MODELS_CONFIG ?? defaultModelsConfig);
     // Read on every reload, like the catalog file: SIGHUP picks up edited aliases and quotas.
-    const settings = config.MODELS_CONFIG === undefined ? undefined : await loadModelSettings(config.MODELS_CONFIG);
+    if (config.MODELS_CONFIG !== undefined) await readModelSettings(config.MODELS_CONFIG, origin);
     const endpoints = parseWorkerUrls(config.VLLM_URLS);
-    const discovered = await discoverModels(settings ? describeWorkers(endpoints, settings, config.MODELS_CONFIG ?? "") : endpoints, workers, {
+    return discoverModels(modelSettings ? describeWorkers(endpoints, modelSettings, config.MODELS_CONFIG ?? "") : endpoints, workers, {
       logger,
       signal: AbortSignal.any([signal, AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS)]),
       previous: registry.current(),
       ...(config.DEFAULT_MODEL === undefined ? {} : { defaultModel: config.DEFAULT_MODEL }),
       ...(config.DEFAULT_EMBEDDING_MODEL === undefined ? {} : { defaultEmbeddingModel: config.DEFAULT_EMBEDDING_MODEL }),
     });
-    return settings ? applyModelSettings(discovered, settings) : discovered;
   };
   const operatorEdits = new OperatorEdits();
-  const reload = async (signal: AbortSignal) => {
-    const catalog = operatorEdits.apply(await loadCatalog(signal));
+  const reload = async (signal: AbortSignal, origin: ReloadOrigin = "operator") => {
+    const catalog = withModelSettings(operatorEdits.apply(await loadCatalog(signal, origin)));
     // Rediscovery that reached no worker keeps what is known rather than emptying the pool.
     if (catalog.models.length === 0 && registry.list().length > 0) return { models: registry.list().map((model) => model.id), added: [], removed: [] };
     registry.replace(catalog);
@@ -89,7 +106,7 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
   await prober.probeNow();
   if (config.VLLM_URLS !== undefined) {
     const rediscovery = setInterval(() => {
-      reload(AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS)).catch((error: unknown) => logger.warn({ err: error }, "model rediscovery failed"));
+      reload(AbortSignal.timeout(config.WORKER_CONNECT_TIMEOUT_MS), "rediscovery").catch((error: unknown) => logger.warn({ err: error }, "model rediscovery failed"));
     }, config.DISCOVERY_INTERVAL_MS);
     rediscovery.unref();
     host.onShutdown(() => clearInterval(rediscovery));
@@ -126,7 +143,7 @@ export async function createInferenceBroker(config: BrokerConfig, runtime: Servi
     ...(vault ? { vault } : {}),
   });
   host.add(BrokerInferenceServiceDefinition, createInferenceService({ registry, pool, dispatcher }));
-  host.add(InferenceAdminServiceDefinition, createInferenceAdminService({ registry, pool, workers, reload, operatorEdits, usage, ...(vault ? { vault } : {}) }));
+  host.add(InferenceAdminServiceDefinition, createInferenceAdminService({ registry, pool, workers, reload, withModelSettings, operatorEdits, usage, ...(vault ? { vault } : {}) }));
   host.onShutdown(async () => {
     await usage.close();
     await cache.close();

@@ -77,6 +77,15 @@ describe("discoverModels", () => {
     expect(warn).toHaveBeenCalledTimes(1);
     expect(warn.mock.calls[0]?.[0]).toMatchObject({ worker: "worker-0", url: "http://gpu-0:8000" });
   });
+
+  it("keeps the models of a worker that does not answer, even under the new name the file gives it", async () => {
+    const { logger } = fakeLogger();
+    const renamed: WorkerEndpoint = { id: "gpu-zero", url: gpu0.url };
+    const previous: ModelCatalog = { models: [{ id: "qwen", aliases: [], workers: [gpu0], maxContextTokens: 0 }] };
+    const client = fakeClient({ "gpu-zero": new Error("ECONNREFUSED") });
+    const catalog = await discoverModels([renamed], client, { logger, signal: new AbortController().signal, previous });
+    expect(catalog.models).toEqual([{ id: "qwen", aliases: [], workers: [renamed], maxContextTokens: 0 }]);
+  });
 });
 
 describe("a models file beside VLLM_URLS", () => {
@@ -130,6 +139,19 @@ describe("a models file beside VLLM_URLS", () => {
     ]);
     expect(catalog.providers).toEqual([{ id: "acme", rpm: 100 }]);
     expect(catalog).toMatchObject({ defaultModel: "coder", defaultEmbeddingModel: "embedder" });
+  });
+
+  it("drops settings a model carried from an earlier catalog that the file no longer gives", () => {
+    const carried: ModelCatalog = {
+      models: [
+        { id: "mistral", aliases: ["old-name"], workers: [gpu], maxContextTokens: 8192, routing: { policy: "round-robin", sessionAffinity: false, prefixAffinity: false }, quota: { rpm: 1 } },
+        { id: "qwen", aliases: ["older"], workers: [gpu], maxContextTokens: 16384, quota: { rpm: 1 } },
+      ],
+    };
+    expect(applyModelSettings(carried, settings).models).toEqual([
+      { id: "mistral", aliases: [], workers: [gpu], maxContextTokens: 8192 },
+      { id: "qwen", aliases: ["coder"], workers: [gpu], maxContextTokens: 16384, routing: { policy: "round-robin", sessionAffinity: true, prefixAffinity: true }, quota: { tpm: 5000 } },
+    ]);
   });
 
   it("prefers DEFAULT_MODEL, and drops a file default that no worker serves", () => {

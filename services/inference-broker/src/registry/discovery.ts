@@ -34,8 +34,9 @@ export async function discoverModels(
       options.logger.warn({ worker: worker.id, url: worker.url, err: answer.reason }, "model discovery failed for worker");
       // A worker that is briefly down keeps the models it served: its requests then fail over or
       // get UNAVAILABLE (health decides), not NOT_FOUND as if the model had never existed.
+      // Matched by URL: a models file beside VLLM_URLS may have renamed the worker since.
       for (const model of options.previous?.models ?? []) {
-        if (!model.workers.some((known) => known.id === worker.id)) continue;
+        if (!model.workers.some((known) => known.url === worker.url)) continue;
         const entry = models.get(model.id) ?? { ...model, workers: [] };
         entry.workers.push(worker);
         models.set(model.id, entry);
@@ -83,20 +84,24 @@ export function describeWorkers(endpoints: readonly WorkerEndpoint[], settings: 
 }
 
 /**
- * The discovered catalog with the models file's settings on top: each discovered model that the
- * file names takes its aliases, routing and quota (and its context length when the worker reports
- * none); the file's providers and quotas apply. The workers stay the discovered ones: a model the
- * file names but no worker serves is not added. The default models are DEFAULT_MODEL and
- * DEFAULT_EMBEDDING_MODEL when set, else the file's when a worker serves them, else the first.
+ * The discovered catalog, with the operators' edits, and the models file's settings on top: each
+ * model the file names takes its aliases, routing and quota (and its context length when the
+ * worker reports none); the file's providers and quotas apply. The workers stay the discovered
+ * ones: a model the file names but no worker serves is not added. The default models are
+ * DEFAULT_MODEL and DEFAULT_EMBEDDING_MODEL when set, else the file's when a worker serves them,
+ * else the first.
  */
 export function applyModelSettings(discovered: ModelCatalog, settings: ModelSettings): ModelCatalog {
   const fileModels = new Map(settings.catalog.models.map((model) => [model.id, model]));
   const discoveredIds = new Set(discovered.models.map((model) => model.id));
   const models = discovered.models.map((model): ModelEntry => {
+    // Settings a model carries from an earlier catalog (a worker that is down keeps its models as
+    // they were) are dropped first: the file as it is now is what counts.
+    const { routing: _routing, quota: _quota, ...bare } = model;
     const fromFile = fileModels.get(model.id);
-    if (!fromFile) return model;
+    if (!fromFile) return { ...bare, aliases: [] };
     return {
-      ...model,
+      ...bare,
       // An alias that is the id of another discovered model would hide that model.
       aliases: fromFile.aliases.filter((alias) => !discoveredIds.has(alias)),
       maxContextTokens: model.maxContextTokens > 0 ? model.maxContextTokens : fromFile.maxContextTokens,

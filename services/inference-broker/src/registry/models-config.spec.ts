@@ -138,6 +138,11 @@ describe("parseModelSettings (a models file beside VLLM_URLS)", () => {
     ]);
   });
 
+  it("leaves the models without workers, even when the file names some: discovery decides who serves what", () => {
+    const settings = parseModelSettings(validYaml.replace("workers: [gpu-1]", "workers: [gpu-9]"), "models.yaml");
+    expect(settings.catalog.models.map((model) => model.workers)).toEqual([[], []]);
+  });
+
   it("checks the rest as strictly as the catalog file", () => {
     expect(() => parseModelSettings("models:\n  - id: qwen\n    rpm: -1\n", "settings.yaml")).toThrow(/settings\.yaml: models\.0\.rpm/);
     expect(() => parseModelSettings("default_model: nope\nmodels:\n  - id: qwen\n", "settings.yaml")).toThrow('settings.yaml: default_model: no model is named "nope"');

@@ -48,7 +48,8 @@ const modelsFileSchema = z
   .strict();
 
 // With VLLM_URLS the workers come from there and the models from the workers' /v1/models; the file
-// gives only settings, so it may list no workers, and its models need not name any.
+// gives only settings, so it may list no workers, and its models' `workers` lists are not used (a
+// catalog file can serve as a settings file unchanged, or with its workers left out).
 const modelSettingsFileSchema = modelsFileSchema.extend({
   workers: z.array(workerSchema).default([]),
   models: z.array(modelSchema.extend({ workers: z.array(z.string().min(1)).default([]) })).min(1),
@@ -71,15 +72,23 @@ export class ModelsConfigError extends ConfigError {
 
 /** Parses configs/models.yaml; errors name the file and the path of the offending field. */
 export function parseModelsConfig(text: string, source: string): ModelCatalog {
-  return parseModelsFile(text, source, modelsFileSchema).catalog;
+  return parseModelsFile(text, source, modelsFileSchema, "file").catalog;
 }
 
-/** Parses a models file used beside VLLM_URLS; the same checks, but workers are optional. */
+/**
+ * Parses a models file used beside VLLM_URLS: the same checks, but workers are optional and the
+ * models of the catalog it gives have none (discovery decides who serves what).
+ */
 export function parseModelSettings(text: string, source: string): ModelSettings {
-  return parseModelsFile(text, source, modelSettingsFileSchema);
+  return parseModelsFile(text, source, modelSettingsFileSchema, "discovery");
 }
 
-function parseModelsFile(text: string, source: string, schema: typeof modelsFileSchema | typeof modelSettingsFileSchema): ModelSettings {
+function parseModelsFile(
+  text: string,
+  source: string,
+  schema: typeof modelsFileSchema | typeof modelSettingsFileSchema,
+  workersFrom: "file" | "discovery",
+): ModelSettings {
   let raw: unknown;
   try {
     raw = parse(text);
@@ -124,7 +133,7 @@ function parseModelsFile(text: string, source: string, schema: typeof modelsFile
           }
         : {}),
       ...(model.rpm !== undefined || model.tpm !== undefined ? { quota: withoutUndefined({ rpm: model.rpm, tpm: model.tpm }) } : {}),
-      workers: model.workers.map((workerId, workerIndex) => {
+      workers: (workersFrom === "file" ? model.workers : []).map((workerId, workerIndex) => {
         const worker = workers.get(workerId);
         if (!worker) throw new ModelsConfigError(`${source}: models.${index}.workers.${workerIndex}: no worker has id "${workerId}"`);
         return withoutUndefined({ id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs, provider: worker.provider });
