@@ -59,6 +59,22 @@ describe("WorkerClient streams", () => {
     }
   });
 
+  it("sends it again on a new connection, not on another kept-alive one the worker closed as well", async () => {
+    const worker = await startWorker();
+    const client = new WorkerClient();
+    const endpoint = { id: "w", url: worker.url };
+    try {
+      // Two requests at once leave two connections in the pool; after an idle spell a worker closes both.
+      const stream = () => collect(client.streamJson(endpoint, "/v1/chat/completions", {}, AbortSignal.timeout(5_000)));
+      await Promise.all([stream(), stream()]);
+      worker.closeReusedConnections = true;
+      expect(await stream()).toEqual([{ n: 3 }]);
+    } finally {
+      worker.server.closeAllConnections();
+      worker.server.close();
+    }
+  });
+
   it("fails, naming the worker, when a new connection is closed without an answer", async () => {
     const worker = await startWorker();
     const client = new WorkerClient();

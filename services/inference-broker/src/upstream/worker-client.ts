@@ -74,12 +74,15 @@ export class WorkerClient {
   private post(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal, apiKey: string | undefined): Promise<IncomingMessage> {
     const url = new URL(`${worker.url}${path}`);
     const payload = JSON.stringify(body);
+    const pooled = url.protocol === "https:" ? this.agents["https:"] : this.agents["http:"];
     const send = (onStaleSocket: "retry" | "fail"): Promise<IncomingMessage> =>
       new Promise((resolve, reject) => {
         const request = (url.protocol === "https:" ? httpsRequest : httpRequest)(url, {
           method: "POST",
           headers: jsonRequestHeaders(apiKey),
-          agent: url.protocol === "https:" ? this.agents["https:"] : this.agents["http:"],
+          // The retry gets a connection of its own: after an idle spell the worker closed every
+          // pooled connection, and the pool would hand it the next closed one.
+          agent: onStaleSocket === "retry" ? pooled : false,
           signal,
         });
         let answered = false;
@@ -95,7 +98,7 @@ export class WorkerClient {
           // A kept-alive connection the worker closed as it idled (its keep-alive timeout) fails the
           // next request sent on it before the worker read a byte: nothing ran, so it is sent again
           // once on a new connection instead of counting against a healthy worker.
-          if (!answered && onStaleSocket === "retry" && request.reusedSocket && error.code === "ECONNRESET" && !signal.aborted) {
+          if (!answered && onStaleSocket === "retry" && request.reusedSocket && (error.code === "ECONNRESET" || error.code === "EPIPE") && !signal.aborted) {
             resolve(send("fail"));
             return;
           }
