@@ -258,6 +258,53 @@ describe("WorkerClient error answers before the stream", () => {
   });
 });
 
+describe("WorkerClient JSON answers (embeddings)", () => {
+  it("sends a request again on a new connection when the worker closed the kept-alive ones", async () => {
+    const worker = await startWorker();
+    const client = new WorkerClient();
+    const endpoint = { id: "w", url: worker.url };
+    const embed = () => client.postJson(endpoint, "/v1/embeddings", {}, AbortSignal.timeout(5_000));
+    // startWorker's server, answering JSON instead of events.
+    worker.server.removeAllListeners("request");
+    let answered = 0;
+    const reused = new WeakSet<Socket>();
+    worker.server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+      request.resume();
+      request.on("end", () => {
+        if (worker.closeReusedConnections && reused.has(request.socket)) {
+          request.socket.destroy();
+          return;
+        }
+        reused.add(request.socket);
+        answered += 1;
+        response.writeHead(200, { "content-type": "application/json" });
+        response.end(JSON.stringify({ data: [{ index: 0, embedding: [answered] }] }));
+      });
+    });
+    try {
+      await expect(Promise.all([embed(), embed()])).resolves.toHaveLength(2);
+      worker.closeReusedConnections = true;
+      await expect(embed()).resolves.toEqual({ data: [{ index: 0, embedding: [3] }] });
+    } finally {
+      worker.server.closeAllConnections();
+      worker.server.close();
+    }
+  });
+
+  it("fails with INTERNAL naming the worker when the answer is not JSON", async () => {
+    const worker = await startScriptedWorker((_request, response) => {
+      response.writeHead(200, { "content-type": "text/html" });
+      response.end("<html>gateway</html>");
+    });
+    try {
+      const failure = await new WorkerClient().postJson({ id: "gpu-7", url: worker.url }, "/v1/embeddings", {}, AbortSignal.timeout(5_000)).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: Status.INTERNAL, details: expect.stringContaining("worker gpu-7 answered with what is not JSON: <html>") });
+    } finally {
+      await worker.stop();
+    }
+  });
+});
+
 describe("WorkerClient stream limits", () => {
   // Short waits, so that the old behaviours (waiting on the worker) fail fast instead of hanging.
   const timeouts = { connectMs: 2_000, firstEventMs: 2_000, idleMs: 300 };

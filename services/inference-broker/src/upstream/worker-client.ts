@@ -31,6 +31,9 @@ const maxQueuedCharacters = 4 * 1024 * 1024;
 /** The most of a worker's error answer that is read: its message is in the first bytes. */
 const maxErrorBodyBytes = 1024 * 1024;
 
+/** The largest JSON answer read (embeddings of a full request): far above what a gRPC answer may carry. */
+const maxJsonBodyBytes = 64 * 1024 * 1024;
+
 /**
  * Talks HTTP to one OpenAI-compatible worker. Every request is tied to the caller's signal, so that
  * a cancelled gRPC call closes the HTTP connection and the worker stops generating; each wait has
@@ -53,16 +56,34 @@ export class WorkerClient {
     }
   }
 
+  /**
+   * POSTs and parses the JSON answer (embeddings). Through node:http like streams, so that a
+   * kept-alive connection the worker closed is sent again on a new one here too, and the answer is
+   * read up to a bound.
+   */
   async postJson(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal, apiKey?: string): Promise<unknown> {
     const guard = new RequestGuard(worker, signal);
+    let completed = false;
     try {
-      // A non-streamed completion returns only when generation is done.
+      // A non-streamed answer comes only when the work is done.
       guard.arm(this.timeouts.firstEventMs, "answer");
-      const response = await guard.run(fetch(`${worker.url}${path}`, jsonRequest(body, guard.signal, apiKey)));
-      if (!response.ok) throw await errorFromResponse(worker, response, apiKey !== undefined);
-      return await guard.run(response.json() as Promise<unknown>);
+      const response = await guard.run(this.post(worker, path, body, guard.signal, apiKey));
+      const status = response.statusCode ?? 0;
+      if (status < 200 || status >= 300) {
+        const text = await guard.run(readText(response));
+        throw errorFromBody(worker, status, response.statusMessage ?? "", text, apiKey !== undefined);
+      }
+      guard.streaming = true;
+      const text = await guard.run(readText(response, maxJsonBodyBytes));
+      if (text === undefined) throw new ServerError(Status.INTERNAL, `worker ${worker.id} answered with more than ${maxJsonBodyBytes} bytes`);
+      completed = true;
+      try {
+        return JSON.parse(text) as unknown;
+      } catch {
+        throw new ServerError(Status.INTERNAL, `worker ${worker.id} answered with what is not JSON: ${text.slice(0, 120)}`);
+      }
     } finally {
-      guard.dispose();
+      guard.dispose(completed);
     }
   }
 
@@ -298,19 +319,25 @@ function jsonRequestHeaders(apiKey: string | undefined): Record<string, string> 
   return headers;
 }
 
-function jsonRequest(body: unknown, signal: AbortSignal, apiKey: string | undefined): RequestInit {
-  return { method: "POST", headers: jsonRequestHeaders(apiKey), body: JSON.stringify(body), signal };
-}
-
 /** The body of an error response, bounded: a worker's error page is not read without end. */
-async function readText(response: IncomingMessage): Promise<string> {
+async function readText(response: IncomingMessage): Promise<string>;
+/** The whole body of a response, or undefined when it is longer than `limitBytes`. */
+async function readText(response: IncomingMessage, limitBytes: number): Promise<string | undefined>;
+async function readText(response: IncomingMessage, limitBytes?: number): Promise<string | undefined> {
   const chunks: Buffer[] = [];
   let bytes = 0;
   for await (const chunk of response) {
+    const buffer = chunk as Buffer;
+    if (limitBytes !== undefined) {
+      if (bytes + buffer.length > limitBytes) return undefined;
+      chunks.push(buffer);
+      bytes += buffer.length;
+      continue;
+    }
     // Whole chunks up to the bound: the last one is cut, never added past it.
     const room = maxErrorBodyBytes - bytes;
-    chunks.push((chunk as Buffer).subarray(0, room));
-    bytes += Math.min(room, (chunk as Buffer).length);
+    chunks.push(buffer.subarray(0, room));
+    bytes += Math.min(room, buffer.length);
     if (bytes >= maxErrorBodyBytes) break;
   }
   return Buffer.concat(chunks).toString("utf8");
