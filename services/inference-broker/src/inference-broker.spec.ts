@@ -1,4 +1,5 @@
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createServer as createHttpServer } from "node:http";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -278,6 +279,37 @@ describe("inference-broker with a models file", () => {
     } finally {
       broker.channel.close();
       await broker.host.shutdown();
+    }
+  });
+
+  it("names the last failure when an embedding finds no worker left to fail over to", async () => {
+    // Healthy to the probes, but a proxy's page where the embeddings should be.
+    const worker = createHttpServer((request, response) => {
+      request.resume();
+      if (request.url === "/v1/embeddings") {
+        response.writeHead(200, { "content-type": "text/html" });
+        response.end("<html>bad gateway</html>");
+        return;
+      }
+      response.writeHead(200, { "content-type": "text/plain" });
+      response.end("");
+    });
+    await new Promise<void>((resolve) => worker.listen(0, "127.0.0.1", resolve));
+    const path = join(directory, "html-worker.yaml");
+    const { port } = worker.address() as { port: number };
+    await writeFile(path, `workers:\n  - id: gpu-html\n    url: http://127.0.0.1:${port}\nmodels:\n  - id: embedder\n    workers: [gpu-html]\n`);
+    const broker = await startBroker({ MODELS_CONFIG: path });
+    try {
+      const failure = await broker.client.embed({ model: "embedder", inputs: ["hello"], userId: "" }).catch((error: unknown) => error);
+      expect(failure).toMatchObject({
+        code: Status.UNAVAILABLE,
+        details: expect.stringContaining("(last failure: worker gpu-html answered with what is not JSON: <html>bad gateway</html>)"),
+      });
+    } finally {
+      broker.channel.close();
+      await broker.host.shutdown();
+      worker.closeAllConnections();
+      await new Promise<void>((resolve) => worker.close(() => resolve()));
     }
   });
 

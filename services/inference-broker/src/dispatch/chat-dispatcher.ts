@@ -258,10 +258,13 @@ export class ChatDispatcher {
     // As for chats: the keys held across attempts, so a failover counts once against the model.
     const held: QuotaKey[] = [];
     let committed = false;
+    let lastFailure = "";
     try {
       for (let attempt = 1; ; attempt += 1) {
         const worker = router.pick(model, pool.candidatesFor(model), { sessionId: "", messages: [] }, tried);
-        if (!worker) throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available`);
+        if (!worker) {
+          throw new ServerError(Status.UNAVAILABLE, `model "${model.id}": no healthy worker is available${lastFailure ? ` (last failure: ${lastFailure})` : ""}`);
+        }
         tried.add(worker.id);
         await this.admitAttempt(held, model, worker, estimatedTokens, context);
         const lease = pool.lease(worker);
@@ -288,11 +291,13 @@ export class ChatDispatcher {
           return { model: model.id, embeddings: data.map((item) => ({ values: item.embedding ?? [] })), usage };
         } catch (error: unknown) {
           const verdict = classifyFailure(error, context.signal, lease.signal);
-          lease.release(verdict.blameWorker ? "failure" : "neutral", error instanceof Error ? error.message : String(error));
+          const message = error instanceof ServerError ? error.details : error instanceof Error ? error.message : String(error);
+          lease.release(verdict.blameWorker ? "failure" : "neutral", message);
           if (!verdict.retryable || attempt >= this.deps.maxAttempts) throw error;
           releaseRetry?.();
           releaseRetry = retryBudget.tryRetry();
           if (!releaseRetry) throw error;
+          lastFailure = message;
           this.deps.metrics.failovers.inc({ model: model.id, reason: verdict.reason });
         } finally {
           upstream.dispose();

@@ -291,6 +291,46 @@ describe("WorkerClient JSON answers (embeddings)", () => {
     }
   });
 
+  it("does not send a request again when the kept-alive connection broke while the worker was working on it", async () => {
+    let received = 0;
+    const seen = new WeakSet<Socket>();
+    const worker = await startScriptedWorker((request, response) => {
+      received += 1;
+      if (!seen.has(request.socket)) {
+        seen.add(request.socket);
+        response.writeHead(200, { "content-type": "application/json" });
+        response.end("{}");
+        return;
+      }
+      // The worker took the request, worked on it, and died: running it again would run it twice.
+      setTimeout(() => request.socket.destroy(), 400);
+    });
+    const client = new WorkerClient();
+    try {
+      await client.postJson({ id: "gpu-7", url: worker.url }, "/v1/embeddings", {}, AbortSignal.timeout(5_000));
+      const failure = await client.postJson({ id: "gpu-7", url: worker.url }, "/v1/embeddings", {}, AbortSignal.timeout(5_000)).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: Status.UNAVAILABLE, details: expect.stringContaining("worker gpu-7") });
+      expect(received).toBe(2);
+    } finally {
+      await worker.stop();
+    }
+  });
+
+  it("answers OUT_OF_RANGE, neither failed over nor blamed on the worker, and closes the connection, when the answer is too large", async () => {
+    const worker = await startScriptedWorker((_request, response) => {
+      response.writeHead(200, { "content-type": "application/json" });
+      response.end(JSON.stringify({ data: [{ index: 0, embedding: Array.from({ length: 100 }, () => 0.125) }] }));
+    });
+    try {
+      const failure = await new WorkerClient(undefined, 256).postJson({ id: "gpu-7", url: worker.url }, "/v1/embeddings", {}, AbortSignal.timeout(5_000)).catch((error: unknown) => error);
+      expect(failure).toMatchObject({ code: Status.OUT_OF_RANGE, details: "worker gpu-7 answered with more than 256 bytes; send fewer inputs at once" });
+      expect(classifyFailure(failure, new AbortController().signal, new AbortController().signal)).toMatchObject({ retryable: false, blameWorker: false });
+      await worker.closedWithin(0, 2_000);
+    } finally {
+      await worker.stop();
+    }
+  });
+
   it("fails with INTERNAL naming the worker when the answer is not JSON", async () => {
     const worker = await startScriptedWorker((_request, response) => {
       response.writeHead(200, { "content-type": "text/html" });

@@ -31,8 +31,18 @@ const maxQueuedCharacters = 4 * 1024 * 1024;
 /** The most of a worker's error answer that is read: its message is in the first bytes. */
 const maxErrorBodyBytes = 1024 * 1024;
 
-/** The largest JSON answer read (embeddings of a full request): far above what a gRPC answer may carry. */
-const maxJsonBodyBytes = 64 * 1024 * 1024;
+/**
+ * The largest JSON answer read (embeddings): about 770 vectors of 4096 dimensions. Their gRPC
+ * answer, some 12 MB, is already past the 4 MiB that gRPC clients accept by default.
+ */
+export const defaultMaxJsonAnswerBytes = 64 * 1024 * 1024;
+
+/**
+ * How soon after a request was sent on a kept-alive connection its reset still means the worker
+ * had closed the connection as idle, before reading the request. A later one may come from a
+ * worker that took the request and died working on it: sending it again would run it twice.
+ */
+const staleConnectionWindowMs = 250;
 
 /**
  * Talks HTTP to one OpenAI-compatible worker. Every request is tied to the caller's signal, so that
@@ -40,7 +50,10 @@ const maxJsonBodyBytes = 64 * 1024 * 1024;
  * its own timeout on top, so a hung worker fails the call instead of stalling it.
  */
 export class WorkerClient {
-  constructor(private readonly timeouts: WorkerTimeouts = defaultWorkerTimeouts) {}
+  constructor(
+    private readonly timeouts: WorkerTimeouts = defaultWorkerTimeouts,
+    private readonly maxJsonAnswerBytes = defaultMaxJsonAnswerBytes,
+  ) {}
 
   async getJson(worker: WorkerEndpoint, path: string, signal: AbortSignal, apiKey?: string): Promise<unknown> {
     const guard = new RequestGuard(worker, signal);
@@ -74,8 +87,11 @@ export class WorkerClient {
         throw errorFromBody(worker, status, response.statusMessage ?? "", text, apiKey !== undefined);
       }
       guard.streaming = true;
-      const text = await guard.run(readText(response, maxJsonBodyBytes));
-      if (text === undefined) throw new ServerError(Status.INTERNAL, `worker ${worker.id} answered with more than ${maxJsonBodyBytes} bytes`);
+      const text = await guard.run(readText(response, this.maxJsonAnswerBytes));
+      // The request's size, not the worker: not failed over (every worker would answer as much).
+      if (text === undefined) {
+        throw new ServerError(Status.OUT_OF_RANGE, `worker ${worker.id} answered with more than ${this.maxJsonAnswerBytes} bytes; send fewer inputs at once`);
+      }
       completed = true;
       try {
         return JSON.parse(text) as unknown;
@@ -90,7 +106,9 @@ export class WorkerClient {
   /** POSTs and yields the parsed data of each server-sent event until `[DONE]`. */
   // Streams go through node:http rather than fetch: reading a Node stream costs a fraction of a
   // WHATWG ReadableStream per chunk, and the broker reads one chunk per token of every stream.
-  private readonly agents = { "http:": new HttpAgent({ keepAlive: true }), "https:": new HttpsAgent({ keepAlive: true }) };
+  // Idle connections are closed after 4 s, before the 5 s after which uvicorn (vLLM's server) and
+  // Node close theirs: a request then rarely meets a connection the worker is closing.
+  private readonly agents = { "http:": new HttpAgent({ keepAlive: true, timeout: 4_000 }), "https:": new HttpsAgent({ keepAlive: true, timeout: 4_000 }) };
 
   private post(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal, apiKey: string | undefined): Promise<IncomingMessage> {
     const url = new URL(`${worker.url}${path}`);
@@ -106,6 +124,7 @@ export class WorkerClient {
           agent: onStaleSocket === "retry" ? pooled : false,
           signal,
         });
+        const sentAt = performance.now();
         let answered = false;
         request.once("response", (response) => {
           answered = true;
@@ -119,7 +138,8 @@ export class WorkerClient {
           // A kept-alive connection the worker closed as it idled (its keep-alive timeout) fails the
           // next request sent on it before the worker read a byte: nothing ran, so it is sent again
           // once on a new connection instead of counting against a healthy worker.
-          if (!answered && onStaleSocket === "retry" && request.reusedSocket && (error.code === "ECONNRESET" || error.code === "EPIPE") && !signal.aborted) {
+          const soon = performance.now() - sentAt < staleConnectionWindowMs;
+          if (!answered && soon && onStaleSocket === "retry" && request.reusedSocket && (error.code === "ECONNRESET" || error.code === "EPIPE") && !signal.aborted) {
             resolve(send("fail"));
             return;
           }
