@@ -80,13 +80,7 @@ export class WorkerClient {
     try {
       // A non-streamed answer comes only when the work is done.
       guard.arm(this.timeouts.firstEventMs, "answer");
-      const response = await guard.run(this.post(worker, path, body, guard.signal, apiKey));
-      const status = response.statusCode ?? 0;
-      if (status < 200 || status >= 300) {
-        const text = await guard.run(readText(response));
-        throw errorFromBody(worker, status, response.statusMessage ?? "", text, apiKey !== undefined);
-      }
-      guard.streaming = true;
+      const response = await this.postAccepted(worker, path, body, guard, apiKey);
       const text = await guard.run(readText(response, this.maxJsonAnswerBytes));
       // The request's size, not the worker: not failed over (every worker would answer as much).
       if (text === undefined) {
@@ -103,12 +97,27 @@ export class WorkerClient {
     }
   }
 
-  /** POSTs and yields the parsed data of each server-sent event until `[DONE]`. */
   // Streams go through node:http rather than fetch: reading a Node stream costs a fraction of a
   // WHATWG ReadableStream per chunk, and the broker reads one chunk per token of every stream.
   // Idle connections are closed after 4 s, before the 5 s after which uvicorn (vLLM's server) and
   // Node close theirs: a request then rarely meets a connection the worker is closing.
   private readonly agents = { "http:": new HttpAgent({ keepAlive: true, timeout: 4_000 }), "https:": new HttpsAgent({ keepAlive: true, timeout: 4_000 }) };
+
+  /**
+   * POSTs and returns the response once the worker accepted the request (HTTP 2xx); any other
+   * status is thrown as the worker's error, from its body. The guard then counts the response as
+   * under way: a transport failure from here on breaks an answer, it does not miss the worker.
+   */
+  private async postAccepted(worker: WorkerEndpoint, path: string, body: unknown, guard: RequestGuard, apiKey: string | undefined): Promise<IncomingMessage> {
+    const response = await guard.run(this.post(worker, path, body, guard.signal, apiKey));
+    const status = response.statusCode ?? 0;
+    if (status < 200 || status >= 300) {
+      const text = await guard.run(readText(response));
+      throw errorFromBody(worker, status, response.statusMessage ?? "", text, apiKey !== undefined);
+    }
+    guard.streaming = true;
+    return response;
+  }
 
   private post(worker: WorkerEndpoint, path: string, body: unknown, signal: AbortSignal, apiKey: string | undefined): Promise<IncomingMessage> {
     const url = new URL(`${worker.url}${path}`);
@@ -150,6 +159,7 @@ export class WorkerClient {
     return send("retry");
   }
 
+  /** POSTs and yields the parsed data of each server-sent event until `[DONE]`. */
   async *streamJson(
     worker: WorkerEndpoint,
     path: string,
@@ -161,13 +171,7 @@ export class WorkerClient {
     let completed = false;
     try {
       guard.arm(this.timeouts.connectMs, "answer");
-      const response = await guard.run(this.post(worker, path, body, guard.signal, apiKey));
-      const status = response.statusCode ?? 0;
-      if (status < 200 || status >= 300) {
-        const text = await guard.run(readText(response));
-        throw errorFromBody(worker, status, response.statusMessage ?? "", text, apiKey !== undefined);
-      }
-      guard.streaming = true;
+      const response = await this.postAccepted(worker, path, body, guard, apiKey);
       guard.arm(this.timeouts.firstEventMs, "first token");
       const events = new EventQueue(response, worker);
       for (;;) {
