@@ -102,10 +102,10 @@ function parseModelsFile(
   }
   const file = result.data;
   // A repeated id would silently replace the earlier worker and take its capacity out of rotation.
-  const workers = new Map<string, (typeof file.workers)[number]>();
+  const workers = new Map<string, WorkerEndpoint>();
   file.workers.forEach((worker, index) => {
     if (workers.has(worker.id)) throw new ModelsConfigError(`${source}: workers.${index}.id: the id "${worker.id}" is used twice`);
-    workers.set(worker.id, worker);
+    workers.set(worker.id, withoutUndefined({ id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs, provider: worker.provider }));
   });
   const providerIds = new Set(file.providers.map((provider) => provider.id));
   file.workers.forEach((worker, index) => {
@@ -136,7 +136,7 @@ function parseModelsFile(
       workers: (workersFrom === "file" ? model.workers : []).map((workerId, workerIndex) => {
         const worker = workers.get(workerId);
         if (!worker) throw new ModelsConfigError(`${source}: models.${index}.workers.${workerIndex}: no worker has id "${workerId}"`);
-        return withoutUndefined({ id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs, provider: worker.provider });
+        return worker;
       }),
     };
   });
@@ -154,7 +154,7 @@ function parseModelsFile(
   };
   return {
     catalog,
-    workers: file.workers.map((worker) => withoutUndefined({ id: worker.id, url: worker.url, maxNumSeqs: worker.max_num_seqs, provider: worker.provider })),
+    workers: [...workers.values()],
   };
 }
 
